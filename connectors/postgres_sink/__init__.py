@@ -1,0 +1,1 @@
+"""The Postgres sink: Kafka topics → `qms` tables, offsets committed with the rows."""

@@ -1,0 +1,278 @@
+"""The Postgres sink: Kafka records → `qms` rows, with the Kafka offsets in the same transaction.
+
+Commit protocol (implemented here and nowhere else):
+  1. on partition assignment, each partition is positioned at the `next_offset` stored in
+     `qms.sink_offsets` (the beginning when there is none); Kafka's committed offsets are ignored;
+  2. `add()` decodes a record into its table's buffer and notes its partition's next offset;
+     a record that does not decode becomes a dead letter (stage `sink`) instead of a row;
+  3. `flush()` first publishes those dead letters and waits for the broker's acknowledgement;
+  4. then, in ONE Postgres transaction: per table, COPY the buffered rows into a temporary staging
+     table, INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO NOTHING, and upsert every
+     touched partition's next offset into `qms.sink_offsets`; COMMIT;
+  5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
+     see progress; step 1 never reads it back).
+A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
+again; a crash after it finds the offsets stored, so they are not. Rows are never doubled: the
+conflict key (the event's own id) absorbs the redelivery of a record already written under
+another offset, e.g. a republished event after an agent restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from threading import Event
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding
+from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.errors import ContractError
+from qmsflow.quality.dead_letter import dead_letter
+from qmsflow.quality.event import Coordinates
+from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
+from qmsflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkStats:
+    """What the sink has done since it started."""
+
+    batches: int = 0
+    rows_offered: int = 0
+    rows_inserted: int = 0
+    dead_letters: int = 0
+    last_flush_seconds: float = 0.0
+    by_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class PostgresSink:
+    """Buffers rows per table and writes them, with their offsets, in one transaction."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        codec: AvroCodec,
+        *,
+        consumer_group: str,
+        topic_prefix: str = "",
+        bindings: Sequence[TableBinding] = BINDINGS,
+        dead_letters: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._codec = codec
+        self._group = consumer_group
+        self._bindings = {f"{topic_prefix}{b.topic}": b for b in bindings}
+        self._publish_dead_letters = dead_letters
+        self._rows: dict[str, list[Row]] = defaultdict(list)
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._dead: list[dict[str, Any]] = []
+        self.stats = SinkStats()
+
+    @property
+    def topics(self) -> list[str]:
+        """The physical topics this sink consumes."""
+        return list(self._bindings)
+
+    @property
+    def pending(self) -> int:
+        """Records added since the last flush."""
+        return sum(len(r) for r in self._rows.values()) + len(self._dead)
+
+    def stored_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The next offset to read per (topic, partition), from `qms.sink_offsets`."""
+        wanted = list(partitions)
+        rows = self._conn.execute(
+            "SELECT topic, partition, next_offset FROM qms.sink_offsets"
+            " WHERE consumer_group = %s AND (topic, partition) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::int[]))",
+            (self._group, [t for t, _ in wanted], [p for _, p in wanted]),
+        ).fetchall()
+        self._conn.commit()
+        return {(t, p): o for t, p, o in rows}
+
+    def add(self, topic: str, partition: int, offset: int, key: bytes | None,
+            value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = (),
+            timestamp_ms: int | None = None) -> None:
+        """Buffer one record (step 2)."""
+        binding = self._bindings[topic]
+        at = Coordinates(topic, partition, offset)
+        try:
+            if value is None:
+                raise ContractError("value: expected an Avro record, got a tombstone (null)")
+            decoded = self._codec.decode(value, binding.subject)
+            self._rows[binding.table].append(binding.to_row(decoded.record, at))
+        except (ContractError, KeyError, TypeError, ValueError) as error:
+            self._dead.append(dict(dead_letter(
+                error, stage="sink", coordinates=at, key=key, value=value, headers=headers,
+                timestamp_ms=timestamp_ms, failed_at=datetime.now(UTC),
+            )))
+        self._next_offsets[(topic, partition)] = offset + 1
+
+    def flush(self) -> dict[tuple[str, int], int]:
+        """Write everything buffered (steps 3–4); return the offsets now committed."""
+        if not self._next_offsets:
+            return {}
+        started = time.perf_counter()
+        if self._dead:
+            if self._publish_dead_letters is None:
+                raise RuntimeError("undecodable records but no dead-letter publisher configured")
+            self._publish_dead_letters(self._dead)
+        bindings = {b.table: b for b in self._bindings.values()}
+        inserted = 0
+        with self._conn.transaction():
+            for table, rows in self._rows.items():
+                if rows:
+                    n = _upsert(self._conn, bindings[table], rows)
+                    inserted += n
+                    self.stats.by_table[table] += n
+            with self._conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO qms.sink_offsets (consumer_group, topic, partition, next_offset)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition)"
+                    " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                    [(self._group, t, p, o) for (t, p), o in self._next_offsets.items()],
+                )
+        committed = dict(self._next_offsets)
+        self.stats.batches += 1
+        self.stats.rows_offered += sum(len(r) for r in self._rows.values())
+        self.stats.rows_inserted += inserted
+        self.stats.dead_letters += len(self._dead)
+        self.stats.last_flush_seconds = time.perf_counter() - started
+        self.discard()
+        return committed
+
+    def discard(self) -> None:
+        """Drop everything buffered (after a flush, or when partitions are taken away)."""
+        self._rows.clear()
+        self._next_offsets.clear()
+        self._dead.clear()
+
+
+def _upsert(conn: psycopg.Connection[Any], binding: TableBinding, rows: list[Row]) -> int:
+    """COPY into a staging table, then one INSERT that skips keys already stored."""
+    staging = "sink_staging_" + binding.table.replace(".", "_")
+    columns = ", ".join(binding.columns)
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+        f"(LIKE {binding.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        # A batch may hold one key twice (a republished event). DISTINCT ON keeps the earliest
+        # copy, so lineage points at the first delivery, and the statement stays valid should a
+        # binding move to DO UPDATE, which Postgres refuses for a key met twice in one statement.
+        cur.execute(
+            f"INSERT INTO {binding.table} ({columns}) "
+            f"SELECT DISTINCT ON ({binding.key}) {columns} FROM {staging} "
+            f"ORDER BY {binding.key}, kafka_offset "
+            f"ON CONFLICT ({binding.key}) DO NOTHING"
+        )
+        return cur.rowcount
+
+
+def run_sink(settings: Settings, *, stop: Event | None = None,
+             echo: Callable[[str], None] = print) -> SinkStats:
+    """Consume the sinked topics into Postgres until stopped (SIGTERM, SIGINT or `stop`)."""
+    stop = stop or Event()
+    _stop_on_signals(stop)
+    codec = AvroCodec(open_registry(settings))
+    group = settings.topic(f"{settings.app_id}-sink")
+    producer = Producer({
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+    })
+
+    def publish_dead_letters(letters: list[dict[str, Any]]) -> None:
+        for letter in letters:
+            producer.produce(
+                settings.topic("quality.dlq.v1"),
+                key=letter["key"],
+                value=codec.encode(DEAD_LETTER_SUBJECT, letter),
+            )
+        if producer.flush(30) > 0:
+            raise RuntimeError("dead letters not acknowledged by the broker within 30 s")
+
+    with psycopg.connect(settings.dsn) as conn:
+        sink = PostgresSink(
+            conn, codec, consumer_group=group, topic_prefix=settings.topic_prefix,
+            dead_letters=publish_dead_letters,
+        )
+        consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        })
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            stored = sink.stored_offsets((p.topic, p.partition) for p in partitions)
+            for p in partitions:
+                p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
+            c.assign(partitions)
+            echo(f"sink assigned {len(partitions)} partitions, resuming from Postgres offsets")
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            _commit(c, sink.flush())
+
+        consumer.subscribe(sink.topics, on_assign=on_assign, on_revoke=on_revoke)
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(settings.sink_batch_size, settings.sink_batch_timeout)
+                for message in messages:
+                    if _is_error(message):
+                        continue
+                    sink.add(
+                        message.topic() or "", message.partition() or 0, message.offset() or 0,
+                        message.key(), message.value(), message.headers() or [],
+                        message.timestamp()[1] if message.timestamp()[0] else None,
+                    )
+                if sink.pending:
+                    _commit(consumer, sink.flush())
+        finally:
+            _commit(consumer, sink.flush())
+            consumer.close()
+    return sink.stats
+
+
+def _commit(consumer: Consumer, offsets: Mapping[tuple[str, int], int]) -> None:
+    if offsets:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True
+        )
+
+
+def _is_error(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return False
+    if error.code() == KafkaError._PARTITION_EOF:
+        return True
+    log.error("consume error: %s", error)
+    return True
+
+
+def _stop_on_signals(stop: Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (tests run the sink in a thread)
+            return

@@ -1,0 +1,5 @@
+"""`python -m qmsflow …` is the `qmsflow` command."""
+
+from qmsflow.cli import entry
+
+entry()

@@ -1,0 +1,202 @@
+"""The `qmsflow` command: the local stack, topics, schemas, database, workers and demo traffic."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from qmsflow.errors import QmsflowError
+from qmsflow.settings import load_settings
+
+
+@click.group()
+def main() -> None:
+    """Operate qmsflow. Settings come from the environment (see README: Configuration)."""
+
+
+# ---- stack ----------------------------------------------------------------------------------
+@main.group()
+def stack() -> None:
+    """The local Kafka broker and Postgres server (no Docker needed)."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Fetch (first time) and start Kafka and Postgres; a no-op when they already run."""
+    from qmsflow import stack as local_stack
+
+    local_stack.up(load_settings(), click.echo)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop the local servers; their data stays for the next `up`."""
+    from qmsflow import stack as local_stack
+
+    local_stack.down(load_settings(), click.echo)
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Show whether each local server runs, and where."""
+    from qmsflow import stack as local_stack
+
+    for name, state in local_stack.status(load_settings()).items():
+        click.echo(f"{name:9} " + "  ".join(f"{k}={v}" for k, v in state.items()))
+
+
+# ---- topics ---------------------------------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """Topics declared in qmsflow/config/topics.toml."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every declared topic that is missing; check partition counts of the others."""
+    from qmsflow.kafka.admin import create_topics
+    from qmsflow.topics import load_catalog
+
+    created = create_topics(load_settings(), load_catalog(), click.echo)
+    click.echo(f"{len(created)} topics created, {len(load_catalog().topics) - len(created)} existed")
+
+
+@topics.command("describe")
+def topics_describe() -> None:
+    """Declared topics with their partitions and message counts on the broker."""
+    from qmsflow.kafka.admin import describe_topics
+    from qmsflow.topics import load_catalog
+
+    click.echo(f"{'topic':42} {'declared':>8} {'actual':>6} {'messages':>9}")
+    for state in describe_topics(load_settings(), load_catalog()):
+        actual = "-" if state.actual_partitions is None else state.actual_partitions
+        messages = "-" if state.messages is None else state.messages
+        click.echo(f"{state.name:42} {state.declared_partitions:>8} {actual:>6} {messages:>9}")
+
+
+# ---- schemas --------------------------------------------------------------------------------
+@main.group()
+def schemas() -> None:
+    """Avro contracts under schemas/avro/."""
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Verify every subject is BACKWARD_TRANSITIVE compatible and matches the lock file."""
+    from qmsflow.contracts.compatibility import check_all
+
+    report = check_all(load_settings().schemas_dir)
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+@schemas.command("lock")
+def schemas_lock() -> None:
+    """Pin ids for new schema versions in registry.lock.json (existing ids never change)."""
+    from qmsflow.contracts.registry import lock_schemas
+
+    for entry in lock_schemas(load_settings().schemas_dir):
+        click.echo(f"pinned {entry.subject} v{entry.version} as id {entry.schema_id}")
+
+
+@schemas.command("push")
+def schemas_push() -> None:
+    """Register every schema version with the registry at SCHEMA_REGISTRY_URL."""
+    from qmsflow.contracts.registry import ConfluentSchemaRegistry, read_schema_files
+
+    settings = load_settings()
+    if not settings.schema_registry_url:
+        raise click.UsageError("SCHEMA_REGISTRY_URL is not set; the file registry needs no push")
+    registry = ConfluentSchemaRegistry(settings.schema_registry_url)
+    for schema_file in read_schema_files(settings.schemas_dir):
+        schema_id = registry.push(schema_file.subject, schema_file.text)
+        click.echo(f"{schema_file.subject} v{schema_file.version} → id {schema_id}")
+
+
+# ---- database -------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """The sink's Postgres database."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply pending SQL migrations (each once, in order)."""
+    from connectors.postgres_sink.migrations import migrate
+
+    applied = migrate(load_settings().dsn, click.echo)
+    click.echo(f"{len(applied)} migrations applied; database is current")
+
+
+# ---- processes ------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--loglevel", default="info", type=click.Choice(["crit", "error", "warn", "info"]))
+@click.pass_context
+def worker(ctx: click.Context, loglevel: str) -> None:
+    """Run the Faust stream worker (normalise, dedup) until stopped."""
+    from streams.app import run_worker
+
+    run_worker(load_settings(), loglevel=loglevel, extra=list(ctx.args))
+
+
+@main.command()
+def sink() -> None:
+    """Run the Postgres sink until stopped (SIGTERM/SIGINT)."""
+    import logging
+
+    from connectors.postgres_sink.sink import run_sink
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sink %(levelname)s %(message)s")
+    stats = run_sink(load_settings(), echo=click.echo)
+    click.echo(f"sink stopped: {stats.rows_inserted} rows in {stats.batches} batches")
+
+
+@main.group()
+def demo() -> None:
+    """Realistic demo traffic from simulated QMS, MES, LIMS, EMS and CMMS systems."""
+
+
+@demo.command("produce")
+@click.option("--count", default=5000, show_default=True, help="Records, duplicates included.")
+@click.option("--duplicates", default=0.1, show_default=True, help="Share of exact resends.")
+@click.option("--corrupt", default=20, show_default=True, help="Malformed records to add.")
+@click.option("--rate", default=0.0, show_default=True, help="Records per second (0: unlimited).")
+@click.option("--seed", default=7, show_default=True)
+def demo_produce(count: int, duplicates: float, corrupt: int, rate: float, seed: int) -> None:
+    """Publish demo records to the ingest topics and wait for the broker's acks."""
+    from qmsflow.demo.produce import produce_demo
+
+    report = produce_demo(
+        load_settings(), count=count, duplicate_rate=duplicates, corrupt=corrupt,
+        seed=seed, rate=rate or None, echo=click.echo,
+    )
+    click.echo(
+        f"sent {report.sent} records ({len(report.unique_event_ids)} unique events, "
+        f"{report.duplicates} duplicates) and {report.corrupt} corrupt records"
+    )
+
+
+@main.command()
+@click.option("--count", default=20000, show_default=True, help="Demo records to produce.")
+@click.option("--rate", default=400.0, show_default=True, help="Demo records per second.")
+def run(count: int, rate: float) -> None:
+    """Everything, locally: stack, topics, database, worker, sink, demo traffic, live summary."""
+    from qmsflow.local_run import run_local
+
+    run_local(load_settings(), count=count, rate=rate, echo=click.echo)
+
+
+def entry() -> None:
+    """Console-script entry: known errors print one line and exit 2, without a traceback."""
+    try:
+        main(standalone_mode=True)
+    except QmsflowError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()
+

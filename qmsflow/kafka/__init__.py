@@ -1,0 +1,1 @@
+"""Kafka clients as qmsflow configures them: admin (topics) and producers."""

@@ -1,0 +1,100 @@
+"""Topic administration: create the declared topics, describe them, read their offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from qmsflow.errors import ConfigurationError
+from qmsflow.settings import Settings
+from qmsflow.topics import TopicCatalog, TopicSpec
+
+_TIMEOUT = 30.0  # seconds; a cold single-node KRaft broker answers well within this
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """A topic as the broker has it, beside its declaration."""
+
+    name: str
+    declared_partitions: int
+    actual_partitions: int | None  # None: not created yet
+    messages: int | None
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An admin client for the configured cluster."""
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def create_topics(
+    settings: Settings, catalog: TopicCatalog, echo: Callable[[str], None] = print
+) -> list[str]:
+    """Create every declared topic that does not exist; verify the ones that do."""
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=_TIMEOUT).topics
+    created = []
+    wanted = []
+    for spec in catalog.topics:
+        name = settings.topic(spec.name)
+        if name in existing:
+            _verify(name, spec, len(existing[name].partitions))
+            continue
+        wanted.append(NewTopic(name, spec.partitions, spec.replication_factor, config=spec.config))
+    for name, future in admin.create_topics(wanted, operation_timeout=_TIMEOUT).items() if wanted else []:
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        created.append(name)
+        echo(f"created topic {name}")
+    return created
+
+
+def _verify(name: str, spec: TopicSpec, actual: int) -> None:
+    if actual != spec.partitions:
+        raise ConfigurationError(
+            f"topic {name} has {actual} partitions but config/topics.toml declares "
+            f"{spec.partitions}; change partition counts only with `qmsflow topics scale`"
+        )
+
+
+def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """Messages ever written per topic (sum of high watermarks minus low watermarks)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "qmsflow-admin"})
+    try:
+        metadata = consumer.list_topics(timeout=_TIMEOUT).topics
+        counts = {}
+        for topic in topics:
+            if topic not in metadata:
+                continue
+            total = 0
+            for partition in metadata[topic].partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=_TIMEOUT
+                )
+                total += high - low
+            counts[topic] = total
+        return counts
+    finally:
+        consumer.close()
+
+
+def describe_topics(settings: Settings, catalog: TopicCatalog) -> list[TopicState]:
+    """Declared topics with their partitions and message counts on the broker."""
+    names = [settings.topic(spec.name) for spec in catalog.topics]
+    existing = admin_client(settings).list_topics(timeout=_TIMEOUT).topics
+    counts = end_offsets(settings, names)
+    return [
+        TopicState(
+            name,
+            spec.partitions,
+            len(existing[name].partitions) if name in existing else None,
+            counts.get(name),
+        )
+        for spec, name in zip(catalog.topics, names, strict=True)
+    ]

@@ -1,0 +1,1 @@
+"""Pure, typed quality-domain logic: no Kafka, no asyncio, no database."""

@@ -1,0 +1,110 @@
+"""Every setting of qmsflow, in one frozen object read from the environment at the edge.
+
+Standard variables keep their usual names (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`,
+`SCHEMA_REGISTRY_URL`); everything else is `QMSFLOW_<NAME>`. When the first two are unset the
+local stack (`qmsflow stack up`) is used.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: the repository root: where `schemas/`, `.stack/` and the lock file live in a checkout
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+StoreKind = Literal["rocksdb", "memory"]
+
+
+class Settings(BaseSettings):
+    """qmsflow's configuration; each field names its environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="QMSFLOW_", frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "QMSFLOW_KAFKA_BOOTSTRAP_SERVERS"),
+        description="KAFKA_BOOTSTRAP_SERVERS: broker list; unset = the local stack's broker.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "QMSFLOW_DATABASE_URL"),
+        description="DATABASE_URL: Postgres for the sink; unset = the local stack's server.",
+    )
+    schema_registry_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SCHEMA_REGISTRY_URL", "QMSFLOW_SCHEMA_REGISTRY_URL"),
+        description="SCHEMA_REGISTRY_URL: a Confluent-compatible registry; unset = the "
+        "file-backed registry with ids pinned in schemas/avro/registry.lock.json.",
+    )
+    topic_prefix: str = Field(
+        default="",
+        description="QMSFLOW_TOPIC_PREFIX: prepended to every topic and consumer group, so "
+        "environments (and tests) share a cluster without sharing data.",
+    )
+    app_id: str = Field(
+        default="qmsflow",
+        description="QMSFLOW_APP_ID: Faust application id: consumer group and changelog prefix.",
+    )
+    schemas_dir: Path = Field(
+        default=PROJECT_ROOT / "schemas" / "avro",
+        description="QMSFLOW_SCHEMAS_DIR: the Avro contracts, one folder per subject.",
+    )
+    stack_dir: Path = Field(
+        default=PROJECT_ROOT / ".stack",
+        description="QMSFLOW_STACK_DIR: data of the local Kafka, Postgres and Faust stores.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "qmsflow",
+        description="QMSFLOW_CACHE_DIR: downloaded jars, kept between runs and checkouts.",
+    )
+    kafka_port: int = Field(default=19092, description="QMSFLOW_KAFKA_PORT: local broker port.")
+    postgres_port: int = Field(
+        default=54329, description="QMSFLOW_POSTGRES_PORT: local Postgres port."
+    )
+    store: StoreKind = Field(
+        default="rocksdb",
+        description="QMSFLOW_STORE: Faust table store; rocksdb in production, memory in tests.",
+    )
+    dedup_retention: timedelta = Field(
+        default=timedelta(days=7),
+        description="QMSFLOW_DEDUP_RETENTION: how long an event_id is remembered (ISO 8601 or "
+        "seconds). Replays older than this are still absorbed by the sink's primary key.",
+    )
+    sink_batch_size: int = Field(
+        default=2000, description="QMSFLOW_SINK_BATCH_SIZE: most rows per sink transaction."
+    )
+    sink_batch_timeout: float = Field(
+        default=0.5,
+        description="QMSFLOW_SINK_BATCH_TIMEOUT: seconds to wait filling a batch before writing.",
+    )
+    web_port: int = Field(
+        default=6066, description="QMSFLOW_WEB_PORT: Faust worker's web port (metrics, status)."
+    )
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list to use: the configured one, else the local stack's."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def dsn(self) -> str:
+        """The Postgres connection string: the configured one, else the local stack's."""
+        return self.database_url or (
+            f"postgresql://qmsflow@127.0.0.1:{self.postgres_port}/qmsflow"
+        )
+
+    def topic(self, name: str) -> str:
+        """The physical name of a declared topic in this environment."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """Settings read once from the environment; the CLI and workers call this at start-up."""
+    return Settings()

@@ -1,0 +1,108 @@
+"""The detached server processes of the local stack: pid files, liveness and log tails."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+#: where the stack reports progress: one human-readable line per call (`print`, `click.echo`)
+Echo = Callable[[str], None]
+
+
+def echo_stdout(line: str) -> None:
+    """Print a progress line at once, so a long wait shows up while it happens."""
+    print(line, flush=True)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Return the last `lines` lines of a log file, or a note that it does not exist yet."""
+    if not path.exists():
+        return f"(no log at {path})"
+    with path.open(encoding="utf-8", errors="replace") as log:
+        return "".join(deque(log, maxlen=lines)).rstrip()
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """Return the pid recorded in `pid_file` if that process still runs, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_alive(pid) else None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and has not been reaped as a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def command_line(pid: int) -> str:
+    """Return the command line of a running process, space-separated ('' when unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def terminate(pid: int, grace: float) -> bool:
+    """SIGTERM the process group led by `pid`, SIGKILL it after `grace` seconds.
+
+    Returns True when the process exited within the grace period (a clean shutdown).
+    """
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_alive(pid):
+            return True
+        time.sleep(0.2)
+    _signal_group(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not is_alive(pid):
+            break
+        time.sleep(0.1)
+    return False
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, signum)
+
+
+def _reap(pid: int) -> None:
+    # a server started by this very process stays a zombie until waited for
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file`: concurrent `up`s (test workers) start one server."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

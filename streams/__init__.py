@@ -1,0 +1,1 @@
+"""Faust agents: thin adapters that run qmsflow's pure stages on Kafka."""

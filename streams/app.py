@@ -1,0 +1,57 @@
+"""The Faust application: one worker process, its topics, tables and agents.
+
+Agents are at-least-once with concurrency 1 per partition (DESIGN §7: faust's exactly-once mode
+and agent concurrency > 1 have open bugs). Exactly-once effect comes from deterministic outputs,
+dedup and the transactional sink, not from the transport.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import faust
+
+from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.quality.data_dictionary import load_dictionary
+from qmsflow.quality.ingest import IngestStage
+from qmsflow.settings import Settings
+from qmsflow.topics import load_catalog
+from streams.ingest import register_ingest_agent
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker's Faust app with every agent registered."""
+    catalog = load_catalog()
+    datadir = settings.stack_dir / "faust" / f"{settings.topic_prefix}{settings.app_id}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}{settings.app_id}",
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(datadir),
+        topic_partitions=catalog["quality.events.v1"].partitions,
+        topic_allow_declare=True,  # for Faust's own changelog topics; ours exist already
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,  # acks=all: an acknowledged output survives a broker failover
+        consumer_auto_offset_reset="earliest",
+        web_host="127.0.0.1",
+        web_port=settings.web_port or 6066,  # Faust validates the port even when disabled
+        web_enabled=settings.web_port > 0,
+        stream_wait_empty=True,
+        table_standby_replicas=0,  # single-node dev default; Helm sets it for production
+    )
+    codec = AvroCodec(open_registry(settings))
+    stage = IngestStage(codec, catalog, load_dictionary(), topic_prefix=settings.topic_prefix)
+    register_ingest_agent(app, settings, stage, codec, catalog)
+    return app
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info", extra: list[str] | None = None) -> Any:
+    """Run the worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    app = create_app(settings)
+    # Faust's command line reads sys.argv; this process is the worker, so it is ours to set.
+    web = ["--without-web"] if settings.web_port == 0 else ["--web-port", str(settings.web_port)]
+    sys.argv = ["qmsflow-worker", "worker", "--loglevel", loglevel, *web, *(extra or [])]
+    return app.main()

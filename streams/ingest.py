@@ -1,0 +1,141 @@
+"""The ingest agent: every ingest topic → normalise + dedup → `quality.events.v1` or the DLQ."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from qmsflow.contracts import AvroCodec
+from qmsflow.quality.dedup import RetentionQueue, SeenEvent
+from qmsflow.quality.ingest import (
+    CANONICAL_SUBJECT,
+    DEAD_LETTER_SUBJECT,
+    Duplicate,
+    Emit,
+    IngestStage,
+    RawMessage,
+)
+from qmsflow.settings import Settings
+from qmsflow.topics import TopicCatalog
+
+log = logging.getLogger(__name__)
+
+#: content-type header of every record qmsflow publishes (Confluent-framed Avro)
+CONTENT_TYPE = b"application/vnd.confluent.avro"
+#: incoming headers carried onto outputs, so a trace and a correlation id cross the pipeline
+PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate", "correlation_id", "source_system"})
+
+
+def register_ingest_agent(
+    app: faust.App,
+    settings: Settings,
+    stage: IngestStage,
+    codec: AvroCodec,
+    catalog: TopicCatalog,
+) -> None:
+    """Declare the ingest agent, its dedup table and its output topics on the app.
+
+    The per-record protocol (at-least-once in, effectively-once out):
+      1. decode + normalise; a failure is published to the DLQ and awaited, then acknowledged;
+      2. look the event_id up in the dedup table; a duplicate is counted and acknowledged;
+      3. publish the canonical event and await the broker's acknowledgement;
+      4. only then record the event_id in the table (its changelog write is the commit point
+         of dedup: a crash before it replays the record and step 3 republishes the same
+         event, which the sink's primary key absorbs);
+      5. Faust commits the input offset after flushing the producer.
+    Memory of an event_id ends `dedup_retention` after its event time (see RetentionQueue).
+    """
+    ingest_topics = [settings.topic(t.name) for t in catalog.by_role("ingest")]
+    source = app.topic(
+        *ingest_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", acks=True,
+    )
+    canonical = app.topic(
+        settings.topic("quality.events.v1"), key_serializer="raw", value_serializer="raw"
+    )
+    dlq = app.topic(settings.topic("quality.dlq.v1"), key_serializer="raw", value_serializer="raw")
+    retention_ms = int(settings.dedup_retention.total_seconds() * 1000)
+    seen_table = app.Table(
+        "dedup-seen",
+        default=None,
+        key_type=str,
+        value_type=list,
+        partitions=catalog["quality.events.v1"].partitions,
+        # Compact keeps one mark per id; delete drops marks older than the retention, so a
+        # recovering worker never restores ids it would have forgotten anyway.
+        extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": retention_ms},
+    )
+    retention = RetentionQueue(settings.dedup_retention)
+    rebuilt = False
+
+    @app.agent(source, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT[Any]) -> None:
+        nonlocal rebuilt
+        async for event in stream.events():
+            if not rebuilt:
+                _rebuild_retention(seen_table, retention)
+                rebuilt = True
+            message = _raw_message(event)
+            outcome = stage.decode(message)
+            if not isinstance(outcome, dict):
+                await _publish_dead_letter(dlq, codec, outcome.letter, message)
+                continue
+            stored = seen_table.get(outcome["event_id"])
+            judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
+            if isinstance(judged, Duplicate):
+                log.debug("duplicate %s at %s", judged.event_id, message.coordinates)
+                continue
+            if not isinstance(judged, Emit):
+                await _publish_dead_letter(dlq, codec, judged.letter, message)
+                continue
+            headers = _output_headers(message)
+            delivered = await canonical.send(
+                key=outcome["product_line"].encode("utf-8"),
+                value=codec.encode(CANONICAL_SUBJECT, dict(outcome)),
+                headers=headers,
+            )
+            await delivered
+            seen_table[outcome["event_id"]] = list(judged.seen)
+            retention.remember(outcome["event_id"], judged.seen)
+            for expired in retention.advance(message.partition, judged.seen.recorded_at_us):
+                seen_table.pop(expired, None)
+
+
+def _rebuild_retention(seen_table: Any, retention: RetentionQueue) -> None:
+    """After a start or rebalance the in-memory expiry queue is refilled from the table."""
+    for event_id, stored in seen_table.items():
+        retention.remember(event_id, SeenEvent(*stored))
+
+
+def _raw_message(event: EventT[Any]) -> RawMessage:
+    msg = event.message
+    return RawMessage(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        headers=list(msg.headers or []),
+        timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+    )
+
+
+def _output_headers(message: RawMessage) -> list[tuple[str, bytes]]:
+    headers = [(k, v) for k, v in message.headers if k in PROPAGATED_HEADERS and v is not None]
+    headers.append(("content-type", CONTENT_TYPE))
+    return headers
+
+
+async def _publish_dead_letter(
+    dlq: faust.TopicT, codec: AvroCodec, letter: Any, message: RawMessage
+) -> None:
+    log.warning("dead letter %s: %s", letter["reason_code"], letter["reason"])
+    delivered = await dlq.send(
+        key=message.key,
+        value=codec.encode(DEAD_LETTER_SUBJECT, dict(letter)),
+        headers=[("content-type", CONTENT_TYPE), ("qmsflow.reason", letter["reason_code"].encode())],
+    )
+    await delivered
