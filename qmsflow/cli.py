@@ -59,7 +59,9 @@ def topics_create() -> None:
     from qmsflow.topics import load_catalog
 
     created = create_topics(load_settings(), load_catalog(), click.echo)
-    click.echo(f"{len(created)} topics created, {len(load_catalog().topics) - len(created)} existed")
+    click.echo(
+        f"{len(created)} topics created, {len(load_catalog().topics) - len(created)} existed"
+    )
 
 
 @topics.command("describe")
@@ -169,8 +171,13 @@ def demo_produce(count: int, duplicates: float, corrupt: int, rate: float, seed:
     from qmsflow.demo.produce import produce_demo
 
     report = produce_demo(
-        load_settings(), count=count, duplicate_rate=duplicates, corrupt=corrupt,
-        seed=seed, rate=rate or None, echo=click.echo,
+        load_settings(),
+        count=count,
+        duplicate_rate=duplicates,
+        corrupt=corrupt,
+        seed=seed,
+        rate=rate or None,
+        echo=click.echo,
     )
     click.echo(
         f"sent {report.sent} records ({len(report.unique_event_ids)} unique events, "
@@ -199,4 +206,3 @@ def entry() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     entry()
-

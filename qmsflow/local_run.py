@@ -72,8 +72,11 @@ def read_counts(settings: Settings) -> PipelineCounts:
             " (SELECT count(*) FROM qms.dead_letter)"
         ).fetchone() or (0, 0)
     return PipelineCounts(
-        sum(offsets.get(t, 0) for t in ingest), offsets.get(canonical, 0),
-        offsets.get(dlq, 0), rows, dead_rows,
+        sum(offsets.get(t, 0) for t in ingest),
+        offsets.get(canonical, 0),
+        offsets.get(dlq, 0),
+        rows,
+        dead_rows,
     )
 
 
@@ -84,7 +87,9 @@ def start_process(settings: Settings, role: str, args: list[str]) -> subprocess.
     log_file = (logs / f"{role}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "qmsflow", *args],
-        stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
         start_new_session=True,
     )
 
@@ -119,10 +124,17 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
         echo(f"== producing {count} demo records at {rate:.0f}/s (10% duplicates, 20 corrupt)")
         report: list[ProduceReport] = []
         producer = threading.Thread(
-            target=lambda: report.append(produce_demo(
-                settings, count=count, duplicate_rate=0.1, corrupt=20, rate=rate,
-                seed=int(time.time()), echo=lambda _line: None,
-            )),
+            target=lambda: report.append(
+                produce_demo(
+                    settings,
+                    count=count,
+                    duplicate_rate=0.1,
+                    corrupt=20,
+                    rate=rate,
+                    seed=int(time.time()),
+                    echo=lambda _line: None,
+                )
+            ),
             daemon=True,
         )
         producer.start()
@@ -149,8 +161,10 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
             if time.monotonic() - drained_since > _DRAIN_TIMEOUT:
                 raise SystemExit(f"the pipeline did not drain within {_DRAIN_TIMEOUT:.0f} s")
     echo("worker and sink stopped; the stack keeps running (`make stack-down` stops it)")
-    echo(f"query the results: psql '{settings.dsn}' -c 'select event_type, count(*) "
-         "from qms.quality_event group by 1'")
+    echo(
+        f"query the results: psql '{settings.dsn}' -c 'select event_type, count(*) "
+        "from qms.quality_event group by 1'"
+    )
 
 
 def _tail(path: Path, echo: Callable[[str], None], lines: int = 30) -> None:

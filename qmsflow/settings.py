@@ -95,9 +95,7 @@ class Settings(BaseSettings):
     @property
     def dsn(self) -> str:
         """The Postgres connection string: the configured one, else the local stack's."""
-        return self.database_url or (
-            f"postgresql://qmsflow@127.0.0.1:{self.postgres_port}/qmsflow"
-        )
+        return self.database_url or (f"postgresql://qmsflow@127.0.0.1:{self.postgres_port}/qmsflow")
 
     def topic(self, name: str) -> str:
         """The physical name of a declared topic in this environment."""

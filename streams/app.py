@@ -48,7 +48,9 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings, *, loglevel: str = "info", extra: list[str] | None = None) -> Any:
+def run_worker(
+    settings: Settings, *, loglevel: str = "info", extra: list[str] | None = None
+) -> Any:
     """Run the worker in this process until it is stopped (SIGTERM/SIGINT)."""
     app = create_app(settings)
     # Faust's command line reads sys.argv; this process is the worker, so it is ours to set.

@@ -9,12 +9,14 @@ import faust
 from faust.types import EventT
 
 from qmsflow.contracts import AvroCodec
+from qmsflow.errors import ContractError
+from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.dedup import RetentionQueue, SeenEvent
 from qmsflow.quality.ingest import (
     CANONICAL_SUBJECT,
     DEAD_LETTER_SUBJECT,
+    DeadLettered,
     Duplicate,
-    Emit,
     IngestStage,
     RawMessage,
 )
@@ -50,8 +52,12 @@ def register_ingest_agent(
     """
     ingest_topics = [settings.topic(t.name) for t in catalog.by_role("ingest")]
     source = app.topic(
-        *ingest_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", acks=True,
+        *ingest_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
     )
     canonical = app.topic(
         settings.topic("quality.events.v1"), key_serializer="raw", value_serializer="raw"
@@ -61,8 +67,7 @@ def register_ingest_agent(
     seen_table = app.Table(
         "dedup-seen",
         default=None,
-        key_type=str,
-        value_type=list,
+        key_type=str,  # values are [fingerprint, recorded_at_us, partition] as JSON
         partitions=catalog["quality.events.v1"].partitions,
         # Compact keeps one mark per id; delete drops marks older than the retention, so a
         # recovering worker never restores ids it would have forgotten anyway.
@@ -80,22 +85,27 @@ def register_ingest_agent(
                 rebuilt = True
             message = _raw_message(event)
             outcome = stage.decode(message)
-            if not isinstance(outcome, dict):
+            if isinstance(outcome, DeadLettered):
                 await _publish_dead_letter(dlq, codec, outcome.letter, message)
                 continue
             stored = seen_table.get(outcome["event_id"])
             judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
             if isinstance(judged, Duplicate):
-                log.debug("duplicate %s at %s", judged.event_id, message.coordinates)
                 continue
-            if not isinstance(judged, Emit):
+            if isinstance(judged, DeadLettered):
                 await _publish_dead_letter(dlq, codec, judged.letter, message)
                 continue
-            headers = _output_headers(message)
+            try:
+                encoded = codec.encode(CANONICAL_SUBJECT, dict(outcome))
+            except ContractError as error:  # our canonical contract and model disagree: a bug
+                log.exception("canonical encode failed at %s", message.coordinates)
+                rejected = stage.reject(message, error, stage="ingest")
+                await _publish_dead_letter(dlq, codec, rejected.letter, message)
+                continue
             delivered = await canonical.send(
                 key=outcome["product_line"].encode("utf-8"),
-                value=codec.encode(CANONICAL_SUBJECT, dict(outcome)),
-                headers=headers,
+                value=encoded,
+                headers=_output_headers(message),
             )
             await delivered
             seen_table[outcome["event_id"]] = list(judged.seen)
@@ -118,7 +128,7 @@ def _raw_message(event: EventT[Any]) -> RawMessage:
         offset=msg.offset,
         key=msg.key,
         value=msg.value,
-        headers=list(msg.headers or []),
+        headers=header_pairs(msg.headers),
         timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
     )
 
@@ -136,6 +146,9 @@ async def _publish_dead_letter(
     delivered = await dlq.send(
         key=message.key,
         value=codec.encode(DEAD_LETTER_SUBJECT, dict(letter)),
-        headers=[("content-type", CONTENT_TYPE), ("qmsflow.reason", letter["reason_code"].encode())],
+        headers=[
+            ("content-type", CONTENT_TYPE),
+            ("qmsflow.reason", letter["reason_code"].encode()),
+        ],
     )
     await delivered

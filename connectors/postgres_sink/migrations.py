@@ -36,7 +36,9 @@ def load_migrations() -> list[Migration]:
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             number, _, rest = entry.name.partition("_")
-            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8")))
+            found.append(
+                Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8"))
+            )
     return sorted(found, key=lambda m: m.version)
 
 
@@ -51,7 +53,7 @@ def migrate(dsn: str, echo: Callable[[str], None] = print) -> list[Migration]:
                 " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(
+            done: dict[int, str] = dict(
                 conn.execute("SELECT version, checksum FROM public.qmsflow_migrations").fetchall()
             )
             for migration in load_migrations():

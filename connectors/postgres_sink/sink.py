@@ -30,11 +30,19 @@ from threading import Event
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
+from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
@@ -100,9 +108,16 @@ class PostgresSink:
         self._conn.commit()
         return {(t, p): o for t, p, o in rows}
 
-    def add(self, topic: str, partition: int, offset: int, key: bytes | None,
-            value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = (),
-            timestamp_ms: int | None = None) -> None:
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+        timestamp_ms: int | None = None,
+    ) -> None:
         """Buffer one record (step 2)."""
         binding = self._bindings[topic]
         at = Coordinates(topic, partition, offset)
@@ -112,10 +127,20 @@ class PostgresSink:
             decoded = self._codec.decode(value, binding.subject)
             self._rows[binding.table].append(binding.to_row(decoded.record, at))
         except (ContractError, KeyError, TypeError, ValueError) as error:
-            self._dead.append(dict(dead_letter(
-                error, stage="sink", coordinates=at, key=key, value=value, headers=headers,
-                timestamp_ms=timestamp_ms, failed_at=datetime.now(UTC),
-            )))
+            self._dead.append(
+                dict(
+                    dead_letter(
+                        error,
+                        stage="sink",
+                        coordinates=at,
+                        key=key,
+                        value=value,
+                        headers=headers,
+                        timestamp_ms=timestamp_ms,
+                        failed_at=datetime.now(UTC),
+                    )
+                )
+            )
         self._next_offsets[(topic, partition)] = offset + 1
 
     def flush(self) -> dict[tuple[str, int], int]:
@@ -182,19 +207,22 @@ def _upsert(conn: psycopg.Connection[Any], binding: TableBinding, rows: list[Row
         return cur.rowcount
 
 
-def run_sink(settings: Settings, *, stop: Event | None = None,
-             echo: Callable[[str], None] = print) -> SinkStats:
+def run_sink(
+    settings: Settings, *, stop: Event | None = None, echo: Callable[[str], None] = print
+) -> SinkStats:
     """Consume the sinked topics into Postgres until stopped (SIGTERM, SIGINT or `stop`)."""
     stop = stop or Event()
     _stop_on_signals(stop)
     codec = AvroCodec(open_registry(settings))
     group = settings.topic(f"{settings.app_id}-sink")
-    producer = Producer({
-        "bootstrap.servers": settings.bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-    })
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+        }
+    )
 
     def publish_dead_letters(letters: list[dict[str, Any]]) -> None:
         for letter in letters:
@@ -208,17 +236,22 @@ def run_sink(settings: Settings, *, stop: Event | None = None,
 
     with psycopg.connect(settings.dsn) as conn:
         sink = PostgresSink(
-            conn, codec, consumer_group=group, topic_prefix=settings.topic_prefix,
+            conn,
+            codec,
+            consumer_group=group,
+            topic_prefix=settings.topic_prefix,
             dead_letters=publish_dead_letters,
         )
-        consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": False,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            }
+        )
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             stored = sink.stored_offsets((p.topic, p.partition) for p in partitions)
@@ -238,8 +271,12 @@ def run_sink(settings: Settings, *, stop: Event | None = None,
                     if _is_error(message):
                         continue
                     sink.add(
-                        message.topic() or "", message.partition() or 0, message.offset() or 0,
-                        message.key(), message.value(), message.headers() or [],
+                        message.topic() or "",
+                        message.partition() or 0,
+                        message.offset() or 0,
+                        message.key(),
+                        message.value(),
+                        header_pairs(message.headers()),
                         message.timestamp()[1] if message.timestamp()[0] else None,
                     )
                 if sink.pending:

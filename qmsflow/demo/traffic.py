@@ -245,39 +245,66 @@ PLANT = Plant(
     ),
     points=(
         MonitoringPoint(
-            "BOS1-FILL-RM2-P01", "BOS1", "sterile-injectables", "A",
+            "BOS1-FILL-RM2-P01",
+            "BOS1",
+            "sterile-injectables",
+            "A",
             ("particles_0_5um", "viable_count"),
         ),
         MonitoringPoint(
-            "BOS1-FILL-RM2-P02", "BOS1", "sterile-injectables", "A",
+            "BOS1-FILL-RM2-P02",
+            "BOS1",
+            "sterile-injectables",
+            "A",
             ("particles_0_5um", "viable_count"),
         ),
         MonitoringPoint(
-            "BOS1-FILL-RM2-P03", "BOS1", "sterile-injectables", "B",
+            "BOS1-FILL-RM2-P03",
+            "BOS1",
+            "sterile-injectables",
+            "B",
             ("particles_0_5um", "differential_pressure", "temperature", "relative_humidity"),
         ),
         MonitoringPoint(
-            "BOS1-ASSY-RM1-P01", "BOS1", "infusion-pumps", "D",
+            "BOS1-ASSY-RM1-P01",
+            "BOS1",
+            "infusion-pumps",
+            "D",
             ("temperature", "relative_humidity", "particles_0_5um"),
         ),
         MonitoringPoint(
-            "BOS1-KIT-RM4-P02", "BOS1", "diagnostic-kits", None,
+            "BOS1-KIT-RM4-P02",
+            "BOS1",
+            "diagnostic-kits",
+            None,
             ("temperature", "relative_humidity"),
         ),
         MonitoringPoint(
-            "CORK2-FILL-RM1-P01", "CORK2", "sterile-injectables", "A",
+            "CORK2-FILL-RM1-P01",
+            "CORK2",
+            "sterile-injectables",
+            "A",
             ("particles_0_5um", "viable_count"),
         ),
         MonitoringPoint(
-            "CORK2-FILL-RM1-P04", "CORK2", "sterile-injectables", "B",
+            "CORK2-FILL-RM1-P04",
+            "CORK2",
+            "sterile-injectables",
+            "B",
             ("particles_0_5um", "differential_pressure", "temperature"),
         ),
         MonitoringPoint(
-            "CORK2-CATH-RM3-P02", "CORK2", "catheters", "C",
+            "CORK2-CATH-RM3-P02",
+            "CORK2",
+            "catheters",
+            "C",
             ("particles_0_5um", "differential_pressure", "temperature", "relative_humidity"),
         ),
         MonitoringPoint(
-            "CORK2-KIT-RM1-P01", "CORK2", "diagnostic-kits", "D",
+            "CORK2-KIT-RM1-P01",
+            "CORK2",
+            "diagnostic-kits",
+            "D",
             ("temperature", "relative_humidity"),
         ),
     ),
@@ -341,26 +368,37 @@ _INSPECTION_PLANS: dict[str, tuple[tuple[str, _Limits], ...]] = {
 # (test_code, analyte, limits, method, text result or None) per product line, from LIMS specs.
 _LAB_TESTS: dict[str, tuple[tuple[str, str, _Limits, str], ...]] = {
     "infusion-pumps": (
-        ("ELEC-LEAK", "patient leakage current", _Limits("uA", 38.0, 9.0, 1, None, 100.0),
-         "IEC 60601-1 8.7"),
+        (
+            "ELEC-LEAK",
+            "patient leakage current",
+            _Limits("uA", 38.0, 9.0, 1, None, 100.0),
+            "IEC 60601-1 8.7",
+        ),
         ("BIOB-01", "bioburden", _Limits("cfu/device", 12.0, 6.0, 0, None, 100.0), "ISO 11737-1"),
     ),
     "catheters": (
         ("BIOB-01", "bioburden", _Limits("cfu/device", 18.0, 8.0, 0, None, 100.0), "ISO 11737-1"),
-        ("EO-RES", "ethylene oxide residual", _Limits("mg/device", 0.9, 0.35, 2, None, 4.0),
-         "ISO 10993-7"),
+        (
+            "EO-RES",
+            "ethylene oxide residual",
+            _Limits("mg/device", 0.9, 0.35, 2, None, 4.0),
+            "ISO 10993-7",
+        ),
         ("APPEAR", "appearance", _Limits("", 0.0, 0.0, 0, None, None), "SOP-QC-0112"),
     ),
     "sterile-injectables": (
         ("ASSAY-HPLC", "assay", _Limits("%LC", 100.2, 1.1, 1, 95.0, 105.0), "USP <621>"),
-        ("ENDO-LAL", "bacterial endotoxins", _Limits("EU/mL", 0.12, 0.08, 3, None, 0.5),
-         "USP <85>"),
+        (
+            "ENDO-LAL",
+            "bacterial endotoxins",
+            _Limits("EU/mL", 0.12, 0.08, 3, None, 0.5),
+            "USP <85>",
+        ),
         ("PH", "pH", _Limits("pH", 6.8, 0.12, 2, 6.5, 7.2), "USP <791>"),
         ("STER", "sterility", _Limits("", 0.0, 0.0, 0, None, None), "USP <71>"),
     ),
     "diagnostic-kits": (
-        ("SENS-PANEL", "clinical sensitivity", _Limits("%", 97.8, 0.9, 1, 95.0, None),
-         "TM-DX-031"),
+        ("SENS-PANEL", "clinical sensitivity", _Limits("%", 97.8, 0.9, 1, 95.0, None), "TM-DX-031"),
         ("MOIST", "moisture content", _Limits("%", 2.1, 0.5, 2, None, 4.0), "USP <921>"),
         ("PH", "pH", _Limits("pH", 7.4, 0.08, 2, 7.2, 7.6), "USP <791>"),
     ),
@@ -401,7 +439,12 @@ _NC_DEFECTS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 _DISPOSITIONS = (
-    "use_as_is", "rework", "repair", "scrap", "return_to_vendor", "concession",
+    "use_as_is",
+    "rework",
+    "repair",
+    "scrap",
+    "return_to_vendor",
+    "concession",
 )
 
 _ROOT_CAUSES = (
@@ -414,8 +457,15 @@ _ROOT_CAUSES = (
 )
 
 _AUDIT_REQUIREMENTS = (
-    "21 CFR 820.100", "21 CFR 820.70(a)", "21 CFR 820.50", "21 CFR 211.192", "21 CFR 211.68",
-    "21 CFR 11.10(e)", "ISO 13485:2016 8.5.2", "ISO 13485:2016 7.4.1", "EU GMP Annex 1 9.27",
+    "21 CFR 820.100",
+    "21 CFR 820.70(a)",
+    "21 CFR 820.50",
+    "21 CFR 211.192",
+    "21 CFR 211.68",
+    "21 CFR 11.10(e)",
+    "ISO 13485:2016 8.5.2",
+    "ISO 13485:2016 7.4.1",
+    "EU GMP Annex 1 9.27",
     "EU GMP Annex 11 9",
 )
 
@@ -734,8 +784,13 @@ class DemoTraffic:
         if finished:
             self._open[topic].remove(opened)
         return self._envelope(
-            topic, opened.number, opened.common, new_state, copy.deepcopy(opened.payload),
-            signature=signature, audit=audit,
+            topic,
+            opened.number,
+            opened.common,
+            new_state,
+            copy.deepcopy(opened.payload),
+            signature=signature,
+            audit=audit,
         )
 
     def _lifecycle_payload_change(
@@ -777,7 +832,10 @@ class DemoTraffic:
         severity = self._rng.choices(("minor", "major", "critical"), weights=(65, 30, 5))[0]
         self._recent_ncrs.append((number, line, site))
         common = {
-            "product_line": line, "site": site, "lot_id": lot, "part_number": part.number,
+            "product_line": line,
+            "site": site,
+            "lot_id": lot,
+            "part_number": part.number,
             "supplier_id": part.supplier_id if nc_source == "supplier" else None,
             "severity": severity,
         }
@@ -803,19 +861,19 @@ class DemoTraffic:
         }
         return common, payload
 
-    def _new_capa(
-        self, line: str, site: str, number: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _new_capa(self, line: str, site: str, number: str) -> tuple[dict[str, Any], dict[str, Any]]:
         linked = [n for n, l_, s in self._recent_ncrs if l_ == line and s == site][-2:]
         owner = self._employee(site)
         common = {
-            "product_line": line, "site": site,
+            "product_line": line,
+            "site": site,
             "severity": self._rng.choices(("minor", "major", "critical"), weights=(50, 40, 10))[0],
             "correlation_id": linked[0] if linked else None,
         }
         payload = {
             "title": (
-                f"Corrective action for {', '.join(linked)}" if linked
+                f"Corrective action for {', '.join(linked)}"
+                if linked
                 else f"Preventive action: {self._rng.choice(_ROOT_CAUSES).lower()}"
             ),
             "capa_type": "corrective" if linked else "preventive",
@@ -836,8 +894,11 @@ class DemoTraffic:
         equipment = self._equipment(line, site)
         lot = self._lot(line, site)
         common = {
-            "product_line": line, "site": site, "lot_id": lot,
-            "equipment_id": equipment.equipment_id, "severity": classification,
+            "product_line": line,
+            "site": site,
+            "lot_id": lot,
+            "equipment_id": equipment.equipment_id,
+            "severity": classification,
         }
         payload = {
             "title": title,
@@ -869,16 +930,17 @@ class DemoTraffic:
         common = {"product_line": line, "site": site, "severity": classification}
         return common, payload
 
-    def _new_scar(
-        self, line: str, site: str, number: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _new_scar(self, line: str, site: str, number: str) -> tuple[dict[str, Any], dict[str, Any]]:
         part = self._part(line)
         related = [n for n, l_, s in self._recent_ncrs if l_ == line and s == site]
         related_ncr = related[-1] if related else None
         supplier = next(s for s in self._plant.suppliers if s.supplier_id == part.supplier_id)
         common = {
-            "product_line": line, "site": site, "part_number": part.number,
-            "supplier_id": supplier.supplier_id, "lot_id": self._lot(line, site),
+            "product_line": line,
+            "site": site,
+            "part_number": part.number,
+            "supplier_id": supplier.supplier_id,
+            "lot_id": self._lot(line, site),
             # the supplier portal rates on its own scale
             "severity": self._rng.choices(("low", "medium", "high"), weights=(40, 45, 15))[0],
             "correlation_id": related_ncr,
@@ -933,8 +995,11 @@ class DemoTraffic:
         self._counters.setdefault(topic, 0)
         self._counters[topic] += 1
         common = {
-            "product_line": line, "site": site, "lot_id": self._lot(line, site),
-            "part_number": part.number, "supplier_id": None,
+            "product_line": line,
+            "site": site,
+            "lot_id": self._lot(line, site),
+            "part_number": part.number,
+            "supplier_id": None,
             "equipment_id": self._equipment(line, site).equipment_id if not attribute else None,
             "severity": None if passed else self._rng.choice(("minor", "major")),
         }
@@ -963,8 +1028,10 @@ class DemoTraffic:
         text: str | None = None
         if limits.low is None and limits.high is None:
             passed = self._rng.random() > 0.01
-            text = ("Conforms" if test_code != "STER" else "No growth") if passed else (
-                "Does not conform" if test_code != "STER" else "Growth observed"
+            text = (
+                ("Conforms" if test_code != "STER" else "No growth")
+                if passed
+                else ("Does not conform" if test_code != "STER" else "Growth observed")
             )
             status = "PASS" if passed else "OOS"
         else:
@@ -979,7 +1046,9 @@ class DemoTraffic:
             else:
                 status = "PASS"
         common = {
-            "product_line": line, "site": site, "lot_id": self._lot(line, site),
+            "product_line": line,
+            "site": site,
+            "lot_id": self._lot(line, site),
             "part_number": self._part(line).number,
             "equipment_id": _INSTRUMENTS.get(test_code),
             "severity": None,
@@ -1004,7 +1073,11 @@ class DemoTraffic:
             else None
         )
         return self._envelope(
-            topic, f"RES-{self._counters[topic] + 880_000}", common, record_status, payload,
+            topic,
+            f"RES-{self._counters[topic] + 880_000}",
+            common,
+            record_status,
+            payload,
             signature=signature,
         )
 
@@ -1031,36 +1104,45 @@ class DemoTraffic:
             alert = None if action is None else action * 0.8
             base = (action or 3_520_000.0) * 0.15
             value, places = abs(self._rng.gauss(base, base * 0.4)), 0
-            value = self._rng.uniform(alert, action * 1.4) if excursion and action and alert else (
-                value
+            value = (
+                self._rng.uniform(alert, action * 1.4)
+                if excursion and action and alert
+                else (value)
             )
         else:
             action = _VIABLE_ACTION.get(grade or "D", 200.0)
             alert = None if grade == "A" else action * 0.7  # grade A: any growth is action
             # grade A expects no growth: one colony in a few hundred samples
-            counts, weights = ((0, 1, 2), (995, 4, 1)) if grade == "A" else (
-                (0, 1, 2, 3, 5, 8), (55, 20, 12, 7, 4, 2)
+            counts, weights = (
+                ((0, 1, 2), (995, 4, 1))
+                if grade == "A"
+                else ((0, 1, 2, 3, 5, 8), (55, 20, 12, 7, 4, 2))
             )
             value, places = float(self._rng.choices(counts, weights)[0]), 0
         dec_value = _decimal(value, places)
         severity = None
         if action is not None and (
-            dec_value < Decimal(repr(action)) if parameter == "differential_pressure"
+            dec_value < Decimal(repr(action))
+            if parameter == "differential_pressure"
             else dec_value >= Decimal(repr(action))
         ):
             severity = "action"
         elif alert is not None and (
-            dec_value < Decimal(repr(alert)) if parameter == "differential_pressure"
+            dec_value < Decimal(repr(alert))
+            if parameter == "differential_pressure"
             else dec_value >= Decimal(repr(alert))
         ):
             severity = "alert"
         self._counters.setdefault(topic, 0)
         self._counters[topic] += 1
         common = {
-            "product_line": point.product_line, "site": point.site, "severity": severity,
+            "product_line": point.product_line,
+            "site": point.site,
+            "severity": severity,
             "lot_id": (
                 self._lot(point.product_line, point.site)
-                if point.cleanroom_grade in ("A", "B") else None
+                if point.cleanroom_grade in ("A", "B")
+                else None
             ),
         }
         payload = {
@@ -1075,7 +1157,12 @@ class DemoTraffic:
         status = "valid" if severity is None else "excursion"
         number = f"RDG-{self._counters[topic] + 41_000_000}"
         return self._envelope(
-            topic, number, common, status, payload, times=self._times("EMS"),
+            topic,
+            number,
+            common,
+            status,
+            payload,
+            times=self._times("EMS"),
         )
 
     def _calibration_event(self) -> DemoRecord:
@@ -1088,7 +1175,8 @@ class DemoTraffic:
         if self._rng.random() < 0.1:
             in_tolerance = None  # external lab certificate without as-found data
         common = {
-            "product_line": equipment.product_line, "site": equipment.site,
+            "product_line": equipment.product_line,
+            "site": equipment.site,
             "equipment_id": equipment.equipment_id,
             "severity": None if result != "fail" else "high",
         }
@@ -1104,7 +1192,11 @@ class DemoTraffic:
         status = "closed" if result != "fail" else "awaiting repair"
         signature = self._signature(equipment.site, "review") if result != "pass" else None
         return self._envelope(
-            topic, f"WO-{self._counters[topic] + 55_000}", common, status, payload,
+            topic,
+            f"WO-{self._counters[topic] + 55_000}",
+            common,
+            status,
+            payload,
             signature=signature,
         )
 
@@ -1114,12 +1206,14 @@ class DemoTraffic:
         number = self._number(topic)
         classification = self._rng.choices(("class_i", "class_ii", "class_iii"), (1, 6, 2))[0]
         lots = sorted(set(self._lots.get((line, site), [])) or {self._lot(line, site)})
-        chosen = lots[-self._rng.randint(1, min(3, len(lots))):]
+        chosen = lots[-self._rng.randint(1, min(3, len(lots))) :]
         ranged = len(chosen) > 1 and self._rng.random() < 0.5
         # FDA numbers device recalls Z-nnnn-yyyy and drug recalls D-nnnn-yyyy
         letter = "D" if line == "sterile-injectables" else "Z"
         common = {
-            "product_line": line, "site": site, "lot_id": chosen[0],
+            "product_line": line,
+            "site": site,
+            "lot_id": chosen[0],
             "part_number": self._part(line).number,
             "severity": {"class_i": "critical", "class_ii": "major", "class_iii": "minor"}[
                 classification
@@ -1206,4 +1300,3 @@ def corrupt_payloads(n: int, rng: random.Random) -> list[bytes]:
         else:
             out.append(_frame(rng.randint(1, 40))[: rng.randint(1, 4)])
     return out
-

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
 from qmsflow.errors import ConfigurationError
 from qmsflow.settings import Settings
@@ -44,7 +45,9 @@ def create_topics(
             _verify(name, spec, len(existing[name].partitions))
             continue
         wanted.append(NewTopic(name, spec.partitions, spec.replication_factor, config=spec.config))
-    for name, future in admin.create_topics(wanted, operation_timeout=_TIMEOUT).items() if wanted else []:
+    for name, future in (
+        admin.create_topics(wanted, operation_timeout=_TIMEOUT).items() if wanted else []
+    ):
         try:
             future.result()
         except KafkaException as exc:
@@ -65,7 +68,9 @@ def _verify(name: str, spec: TopicSpec, actual: int) -> None:
 
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
     """Messages ever written per topic (sum of high watermarks minus low watermarks)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "qmsflow-admin"})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": "qmsflow-admin"}
+    )
     try:
         metadata = consumer.list_topics(timeout=_TIMEOUT).topics
         counts = {}

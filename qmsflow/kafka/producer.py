@@ -10,7 +10,7 @@ from qmsflow.settings import Settings
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """librdkafka settings for a producer that agrees with Java clients on partitions."""
+    """Librdkafka settings for a producer that agrees with Java clients on partitions."""
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "enable.idempotence": True,  # retries never duplicate or reorder within a partition

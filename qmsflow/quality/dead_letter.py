@@ -57,10 +57,11 @@ def dead_letter(
     """Build the dead letter for a failed record; the original bytes are kept untouched."""
     reason_code = error.reason_code if isinstance(error, ContractError) else "unexpected"
     reason = str(error) or type(error).__name__
+    where = f"{coordinates.topic}[{coordinates.partition}]@{coordinates.offset}"
     return {
         "dead_letter_id": dead_letter_id(coordinates, stage),
         "reason_code": reason_code,
-        "reason": f"{reason} (at {coordinates.topic}[{coordinates.partition}]@{coordinates.offset})",
+        "reason": f"{reason} (at {where})",
         "stage": stage,
         "topic": coordinates.topic,
         "partition": coordinates.partition,

@@ -1,4 +1,4 @@
-"""The ingest stage: raw bytes from an ingest topic → a canonical event, a duplicate, or a dead letter.
+"""The ingest stage: raw ingest bytes → a canonical event, a duplicate, or a dead letter.
 
 Fuses normalise and dedup (DESIGN §3 stages 1–2): both are keyed by the ingest record, so running
 them in one pass saves a topic hop, i.e. one Avro decode and one encode per event. Engine-free: the
@@ -115,6 +115,8 @@ class IngestStage:
             )
         except ContractError as error:
             return self.reject(message, error, stage="normalise", schema_id=schema_id)
+        except Exception as error:
+            return self.reject(message, error, stage="normalise", schema_id=schema_id)
 
     def judge(self, event: QualityEvent, message: RawMessage, seen: SeenEvent | None) -> Outcome:
         """Decide what to do with a normalised event given the dedup table's memory of it."""
@@ -127,7 +129,9 @@ class IngestStage:
                 f"event_id {event['event_id']} was already accepted with different content; "
                 "an idempotency key must not be reused (send a new event_id for a correction)"
             )
-            return self.reject(message, error, stage="dedup", schema_id=event["lineage"]["schema_id"])
+            return self.reject(
+                message, error, stage="dedup", schema_id=event["lineage"]["schema_id"]
+            )
         recorded_us = int(event["recorded_at"].timestamp() * 1_000_000)
         return Emit(event, SeenEvent(digest, recorded_us, message.partition))
 

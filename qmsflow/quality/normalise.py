@@ -95,7 +95,7 @@ def _normalise_payload(payload: Mapping[str, Any], dictionary: DataDictionary) -
 
 
 def _event_id(value: uuid.UUID | str) -> str:
-    """fastavro yields uuid.UUID for the uuid logical type; older writers may send plain text."""
+    """Fastavro yields uuid.UUID for the uuid logical type; older writers may send plain text."""
     if isinstance(value, uuid.UUID):
         return str(value)
     try:

@@ -29,9 +29,25 @@ from qmsflow.topics import load_catalog
 START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 SCHEMA_ROOT = Path(__file__).resolve().parents[3] / "schemas" / "avro"
 ENVELOPE_FIELDS = (
-    "event_id", "event_type", "source_system", "source_record_id", "occurred_at", "recorded_at",
-    "product_line", "site", "lot_id", "part_number", "supplier_id", "equipment_id", "severity",
-    "status", "signature", "audit", "correlation_id", "synthetic", "payload",
+    "event_id",
+    "event_type",
+    "source_system",
+    "source_record_id",
+    "occurred_at",
+    "recorded_at",
+    "product_line",
+    "site",
+    "lot_id",
+    "part_number",
+    "supplier_id",
+    "equipment_id",
+    "severity",
+    "status",
+    "signature",
+    "audit",
+    "correlation_id",
+    "synthetic",
+    "payload",
 )
 
 
@@ -116,7 +132,9 @@ class TestLifecycles:
             if number in last_status:
                 change = record.record["audit"]["changes"][0]
                 assert change == {
-                    "field": "status", "old_value": last_status[number], "new_value": status
+                    "field": "status",
+                    "old_value": last_status[number],
+                    "new_value": status,
                 }
                 moves += 1
             last_status[number] = status
@@ -142,8 +160,14 @@ class TestEnvelope:
         """Event ids are unique uuid strings before any duplication."""
         ids = [record.record["event_id"] for record in sample]
         assert len(set(ids)) == len(ids)
-        assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
-                                r"[0-9a-f]{12}", i) for i in ids)
+        assert all(
+            re.fullmatch(
+                r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+                r"[0-9a-f]{12}",
+                i,
+            )
+            for i in ids
+        )
 
     def test_occurred_at_not_after_recorded_at(self, sample: list[DemoRecord]) -> None:
         """Each record happened at or before the source recorded it, both in UTC."""
@@ -228,8 +252,9 @@ class TestCorruptPayloads:
         assert any(v[:1] not in (b"", b"\x00", b"{") for v in values)
         assert any(json.loads(v) for v in values if v.startswith(b"{"))
         assert b"\x00\x00\x0f\x42\x3f" in {v[:5] for v in values}  # id 999999
-        assert any(v[:1] == b"\x00" and len(v) > 5 and v[1:5] != b"\x00\x0f\x42\x3f"
-                   for v in values)
+        assert any(
+            v[:1] == b"\x00" and len(v) > 5 and v[1:5] != b"\x00\x0f\x42\x3f" for v in values
+        )
         assert any(v[:1] == b"\x00" and len(v) < 5 for v in values)
 
     def test_deterministic_and_sized(self) -> None:
@@ -252,8 +277,10 @@ def _assert_same_field_names(datum: Any, schema: Any, where: str) -> None:
     """Fail where a dict has keys the schema lacks or lacks keys it has (fastavro allows both)."""
     if isinstance(schema, list):
         for branch in schema:
-            if isinstance(branch, dict) and branch.get("type") == "record" and isinstance(
-                datum, dict
+            if (
+                isinstance(branch, dict)
+                and branch.get("type") == "record"
+                and isinstance(datum, dict)
             ):
                 _assert_same_field_names(datum, branch, where)
         return

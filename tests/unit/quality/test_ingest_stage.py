@@ -12,7 +12,14 @@ from qmsflow.contracts.registry import FileSchemaRegistry
 from qmsflow.demo.traffic import DemoRecord, DemoTraffic, corrupt_payloads
 from qmsflow.quality.data_dictionary import load_dictionary
 from qmsflow.quality.dedup import RetentionQueue, SeenEvent
-from qmsflow.quality.ingest import CANONICAL_SUBJECT, DeadLettered, Duplicate, Emit, IngestStage, RawMessage
+from qmsflow.quality.ingest import (
+    CANONICAL_SUBJECT,
+    DeadLettered,
+    Duplicate,
+    Emit,
+    IngestStage,
+    RawMessage,
+)
 from qmsflow.settings import PROJECT_ROOT
 from qmsflow.topics import load_catalog
 
@@ -27,7 +34,9 @@ def stage(codec: AvroCodec) -> IngestStage:
     return IngestStage(codec, load_catalog(), load_dictionary(), topic_prefix="t1.")
 
 
-def _message(codec: AvroCodec, record: DemoRecord, offset: int = 0, key: bytes | None = None) -> RawMessage:
+def _message(
+    codec: AvroCodec, record: DemoRecord, offset: int = 0, key: bytes | None = None
+) -> RawMessage:
     return RawMessage(
         topic=f"t1.{record.topic}",
         partition=3,
@@ -44,7 +53,9 @@ def _records(n: int, seed: int = 11) -> list[DemoRecord]:
 
 
 class TestDecode:
-    def test_every_ingest_type_becomes_a_canonical_event(self, stage: IngestStage, codec: AvroCodec) -> None:
+    def test_every_ingest_type_becomes_a_canonical_event(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
         """Each of the ten record types normalises and encodes under the canonical contract."""
         seen_types = set()
         for offset, record in enumerate(_records(3000)):
@@ -75,7 +86,9 @@ class TestDecode:
         assert outcome.letter["reason_code"] == "normalise"
         assert "wrong-line" in outcome.letter["reason"] and record.key in outcome.letter["reason"]
 
-    def test_unknown_status_is_a_dead_letter_not_a_guess(self, stage: IngestStage, codec: AvroCodec) -> None:
+    def test_unknown_status_is_a_dead_letter_not_a_guess(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
         """A status word missing from the data dictionary is rejected with the word named."""
         record = _records(1)[0]
         record.record["status"] = "Sort of Done"
@@ -83,7 +96,9 @@ class TestDecode:
         assert isinstance(outcome, DeadLettered)
         assert "'Sort of Done'" in outcome.letter["reason"]
 
-    def test_record_on_the_wrong_topic_is_rejected(self, stage: IngestStage, codec: AvroCodec) -> None:
+    def test_record_on_the_wrong_topic_is_rejected(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
         """A CAPA written to the nonconformance topic does not pass as a nonconformance."""
         capa = next(r for r in _records(500) if r.topic == "qms.capa.v1")
         message = _message(codec, capa)
@@ -94,7 +109,9 @@ class TestDecode:
     def test_corrupt_bytes_keep_their_original_value(self, stage: IngestStage) -> None:
         """Malformed bytes become dead letters carrying the untouched bytes and coordinates."""
         for offset, payload in enumerate(corrupt_payloads(12, random.Random(3))):
-            message = RawMessage("t1.lims.lab-result.v1", 2, offset, b"catheters", payload, [], None)
+            message = RawMessage(
+                "t1.lims.lab-result.v1", 2, offset, b"catheters", payload, [], None
+            )
             outcome = stage.decode(message)
             assert isinstance(outcome, DeadLettered)
             assert outcome.letter["value"] == payload
@@ -121,7 +138,9 @@ class TestJudge:
         assert isinstance(again, dict)
         assert isinstance(stage.judge(again, _message(codec, record, 99), emitted.seen), Duplicate)
 
-    def test_reused_event_id_with_other_content_is_a_conflict(self, stage: IngestStage, codec: AvroCodec) -> None:
+    def test_reused_event_id_with_other_content_is_a_conflict(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
         """An event_id reused for different content is dead-lettered as an idempotency conflict."""
         record = _records(1)[0]
         first = stage.decode(_message(codec, record))
