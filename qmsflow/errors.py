@@ -5,7 +5,9 @@
     ├── ContractError           a message does not honour its contract (dead-lettered)
     │   ├── FramingError        not Confluent wire format: no magic byte, too short
     │   ├── UnknownSchemaError  the schema id is in neither the lock file nor the registry
+    │   ├── WrongSubjectError   the schema id belongs to another topic's contract
     │   ├── DecodeError         the Avro body does not decode with its writer schema
+    │   ├── EncodeError         a record to publish does not match its contract
     │   ├── NormalisationError  decoded, but not mappable to the canonical model
     │   └── IdempotencyConflict an event_id already accepted arrives with other content
     ├── CompatibilityError      a schema version breaks BACKWARD_TRANSITIVE compatibility
@@ -42,6 +44,18 @@ class UnknownSchemaError(ContractError):
     """The schema id in the frame is not registered."""
 
     reason_code = "unknown-schema"
+
+
+class WrongSubjectError(ContractError):
+    """The frame names a schema registered for another subject (a record on the wrong topic)."""
+
+    reason_code = "wrong-subject"
+
+
+class EncodeError(ContractError):
+    """A record to be published does not match the newest schema of its subject."""
+
+    reason_code = "encode"
 
 
 class DecodeError(ContractError):

@@ -84,14 +84,14 @@ def start_process(settings: Settings, role: str, args: list[str]) -> subprocess.
     """Start `python -m qmsflow <args>` with its output in .stack/logs/<role>.log."""
     logs = settings.stack_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_file = (logs / f"{role}.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "qmsflow", *args],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
-        start_new_session=True,
-    )
+    with (logs / f"{role}.log").open("ab") as log_file:  # the child keeps its own fd
+        return subprocess.Popen(
+            [sys.executable, "-m", "qmsflow", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -13,7 +13,7 @@ from fastavro.validation import validate
 
 from qmsflow.contracts.framing import frame, unframe
 from qmsflow.contracts.registry import RegisteredSchema, SchemaRegistry
-from qmsflow.errors import ContractError, DecodeError
+from qmsflow.errors import DecodeError, EncodeError, WrongSubjectError
 
 # What fastavro raises on bytes that do not match the writer schema: short reads (EOFError,
 # struct.error), impossible lengths or union indexes (IndexError, ValueError, MemoryError),
@@ -58,12 +58,12 @@ class AvroCodec:
         """Read framed bytes with their writer schema, resolved into reader_subject's newest.
 
         Raises FramingError (not Confluent wire format), UnknownSchemaError (id not registered),
-        ContractError (written for another subject) or DecodeError (body does not decode).
+        WrongSubjectError (written for another subject) or DecodeError (body does not decode).
         """
         schema_id, body = unframe(data)
         writer = self._registry.by_id(schema_id)
         if writer.subject != reader_subject:
-            raise ContractError(
+            raise WrongSubjectError(
                 f"expected a record written for {reader_subject}, got schema id {schema_id}, "
                 f"which is {writer.subject} v{writer.version}: the record was written for "
                 "another subject"
@@ -107,7 +107,7 @@ class AvroCodec:
         try:
             schemaless_writer(stream, writer.parsed, record, strict_allow_default=True)
         except _RECORD_ERRORS as exc:
-            raise ContractError(
+            raise EncodeError(
                 f"expected a record matching {subject} v{writer.version}: "
                 f"{_describe_invalid(writer, record, exc)}"
             ) from exc

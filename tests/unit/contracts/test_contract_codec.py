@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmsflow.contracts import AvroCodec, FileSchemaRegistry, frame
-from qmsflow.errors import ContractError, DecodeError, FramingError, UnknownSchemaError
+from qmsflow.errors import (
+    ContractError,
+    DecodeError,
+    FramingError,
+    UnknownSchemaError,
+    WrongSubjectError,
+)
 
 NONCONFORMANCE = "qms.nonconformance.v1-value"
 CAPA = "qms.capa.v1-value"
@@ -354,11 +360,11 @@ class TestDecodeRejections:
             codec.decode(frame(9999, b"\x00"), CAPA)
 
     def test_other_subject(self, codec: AvroCodec) -> None:
-        """A record written for another subject raises ContractError, not a decode attempt."""
+        """A record written for another subject raises WrongSubjectError, not a decode attempt."""
         data = codec.encode(CAPA, record_for(CAPA))
-        with pytest.raises(ContractError, match="written for another subject") as caught:
+        with pytest.raises(WrongSubjectError, match="written for another subject") as caught:
             codec.decode(data, NONCONFORMANCE)
-        assert type(caught.value) is ContractError
+        assert caught.value.reason_code == "wrong-subject"
 
 
 class TestDecodeFuzz:
