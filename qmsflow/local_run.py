@@ -17,7 +17,7 @@ import psycopg
 
 from qmsflow import stack
 from qmsflow.demo.produce import ProduceReport, produce_demo
-from qmsflow.kafka.admin import create_topics, end_offsets
+from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
 
@@ -30,6 +30,7 @@ class PipelineCounts:
     """Counts read from Kafka and Postgres (never from the workers' own memory)."""
 
     ingested: int
+    processed: int  # ingest records the worker has committed past
     canonical: int
     dead_letters: int
     rows: int
@@ -39,6 +40,7 @@ class PipelineCounts:
         """Counts since `other` was read."""
         return PipelineCounts(
             self.ingested - other.ingested,
+            self.processed - other.processed,
             self.canonical - other.canonical,
             self.dead_letters - other.dead_letters,
             self.rows - other.rows,
@@ -47,15 +49,16 @@ class PipelineCounts:
 
     @property
     def duplicates_dropped(self) -> int:
-        """Ingested records that neither became an event nor a dead letter."""
-        return self.ingested - self.canonical - self.dead_letters
+        """Processed records that neither became an event nor a dead letter."""
+        return max(0, self.processed - self.canonical - self.dead_letters)
 
     def render(self) -> str:
         """One human line."""
         return (
-            f"in {self.ingested:>6} | events {self.canonical:>6} | duplicates dropped "
-            f"{self.duplicates_dropped:>5} | dead letters {self.dead_letters:>3} | rows in "
-            f"Postgres {self.rows:>6} (+{self.dead_letter_rows} dead letters)"
+            f"in {self.ingested:>6} | worker lag {self.ingested - self.processed:>5} | events "
+            f"{self.canonical:>6} | duplicates dropped {self.duplicates_dropped:>5} | dead "
+            f"letters {self.dead_letters:>3} | Postgres rows {self.rows:>6} "
+            f"(+{self.dead_letter_rows} dead letters)"
         )
 
 
@@ -66,6 +69,7 @@ def read_counts(settings: Settings) -> PipelineCounts:
     canonical = settings.topic("quality.events.v1")
     dlq = settings.topic("quality.dlq.v1")
     offsets = end_offsets(settings, [*ingest, canonical, dlq])
+    processed = consumed_offsets(settings, settings.topic(settings.app_id), ingest)
     with psycopg.connect(settings.dsn) as conn:
         rows, dead_rows = conn.execute(
             "SELECT (SELECT count(*) FROM qms.quality_event),"
@@ -73,6 +77,7 @@ def read_counts(settings: Settings) -> PipelineCounts:
         ).fetchone() or (0, 0)
     return PipelineCounts(
         sum(offsets.get(t, 0) for t in ingest),
+        sum(processed.values()),
         offsets.get(canonical, 0),
         offsets.get(dlq, 0),
         rows,

@@ -89,6 +89,29 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
         consumer.close()
 
 
+def consumed_offsets(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
+    """Records a consumer group has committed past, per topic (lag = end offsets − these)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        metadata = consumer.list_topics(timeout=_TIMEOUT).topics
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            if topic in metadata
+            for partition in metadata[topic].partitions
+        ]
+        done: dict[str, int] = {}
+        for tp in consumer.committed(partitions, timeout=_TIMEOUT) if partitions else []:
+            if tp.offset >= 0:
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=_TIMEOUT
+                )
+                done[tp.topic] = done.get(tp.topic, 0) + tp.offset - low
+        return done
+    finally:
+        consumer.close()
+
+
 def describe_topics(settings: Settings, catalog: TopicCatalog) -> list[TopicState]:
     """Declared topics with their partitions and message counts on the broker."""
     names = [settings.topic(spec.name) for spec in catalog.topics]
