@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -55,7 +56,25 @@ def create_topics(
                 raise
         created.append(name)
         echo(f"created topic {name}")
+    if created:
+        _await_leaders(admin, created)
     return created
+
+
+def _await_leaders(admin: AdminClient, topics: list[str]) -> None:
+    """A new topic's partitions have no leader for a moment; reading offsets then fails."""
+    deadline = time.monotonic() + _TIMEOUT
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=_TIMEOUT).topics
+        if all(
+            name in metadata
+            and metadata[name].partitions
+            and all(p.leader >= 0 for p in metadata[name].partitions.values())
+            for name in topics
+        ):
+            return
+        time.sleep(0.2)
+    raise ConfigurationError(f"topics {topics} still have no partition leaders after {_TIMEOUT} s")
 
 
 def _verify(name: str, spec: TopicSpec, actual: int) -> None:
