@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from qmsflow.errors import ConfigurationError
 
-TopicRole = Literal["ingest", "canonical", "dead-letter", "output"]
+TopicRole = Literal["ingest", "canonical", "dead-letter", "output", "internal", "master-data"]
 CleanupPolicy = Literal["delete", "compact", "compact,delete"]
 
 _MS_PER_DAY = 86_400_000
@@ -30,11 +30,12 @@ class TopicSpec(BaseModel):
     cleanup_policy: CleanupPolicy
     event_type: str | None = None
     producers: tuple[str, ...] = ()
+    value_subject: str | None = None  # for a topic carrying another topic's records
 
     @property
     def subject(self) -> str:
-        """The value schema's subject (Confluent TopicNameStrategy)."""
-        return f"{self.name}-value"
+        """The value schema's subject (Confluent TopicNameStrategy unless overridden)."""
+        return self.value_subject or f"{self.name}-value"
 
     @property
     def config(self) -> dict[str, str]:
@@ -70,11 +71,15 @@ class TopicCatalog(BaseModel):
 
     @model_validator(mode="after")
     def _ingest_copartitioned(self) -> TopicCatalog:
-        counts = {spec.partitions for spec in self.topics if spec.role in ("ingest", "canonical")}
+        counts = {
+            spec.partitions
+            for spec in self.topics
+            if spec.role in ("ingest", "canonical", "internal")
+        }
         if len(counts) > 1:
             raise ValueError(
-                "ingest and canonical topics must share one partition count (the dedup table "
-                f"is co-partitioned with them); found {sorted(counts)}"
+                "ingest, canonical and internal topics must share one partition count (the "
+                f"agents' tables are co-partitioned with them); found {sorted(counts)}"
             )
         return self
 

@@ -29,8 +29,10 @@ def ingest_subjects() -> list[str]:
 
 @pytest.fixture(scope="session")
 def output_subjects() -> list[str]:
-    """List the canonical and dead-letter subjects."""
-    return [f"{t}-value" for role in ("canonical", "dead-letter") for t in declared_topics(role)]
+    """List the value subjects of every non-ingest topic (shared subjects once)."""
+    from qmsflow.topics import load_catalog
+
+    return sorted({t.subject for t in load_catalog().topics if t.role != "ingest"})
 
 
 @pytest.fixture(scope="session")
