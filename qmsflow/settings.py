@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         default=0.5,
         description="QMSFLOW_SINK_BATCH_TIMEOUT: seconds to wait filling a batch before writing.",
     )
+    tick_interval: float = Field(
+        default=5.0,
+        description="QMSFLOW_TICK_INTERVAL: seconds between ticks: how soon parked events are "
+        "released after their master data arrives, and how often overdue work is checked.",
+    )
     web_port: int = Field(
         default=6066, description="QMSFLOW_WEB_PORT: Faust worker's web port (metrics, status)."
     )

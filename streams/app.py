@@ -17,7 +17,11 @@ from qmsflow.quality.data_dictionary import load_dictionary
 from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
+from streams.correlate import register_correlate_agent
 from streams.ingest import register_ingest_agent
+from streams.master_data import MasterDataFeed
+from streams.quality import register_quality_agent
+from streams.ticks import register_ticks
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -32,7 +36,6 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         topic_partitions=catalog["quality.events.v1"].partitions,
         topic_allow_declare=True,  # for Faust's own changelog topics; ours exist already
-        topic_disable_leader=True,
         processing_guarantee="at_least_once",
         producer_acks=-1,  # acks=all: an acknowledged output survives a broker failover
         consumer_auto_offset_reset="earliest",
@@ -45,6 +48,15 @@ def create_app(settings: Settings) -> faust.App:
     codec = AvroCodec(open_registry(settings))
     stage = IngestStage(codec, catalog, load_dictionary(), topic_prefix=settings.topic_prefix)
     register_ingest_agent(app, settings, stage, codec, catalog)
+    feed = MasterDataFeed(settings, codec)
+
+    @app.task
+    async def read_master_data() -> None:
+        await feed.run(lambda: app.should_stop)
+
+    register_quality_agent(app, settings, codec, feed, catalog)
+    register_correlate_agent(app, settings, codec, catalog)
+    register_ticks(app, settings, codec)
     return app
 
 

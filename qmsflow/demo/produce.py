@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Producer
 
 from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.demo.master_data import MasterMessage, demo_master_data
 from qmsflow.demo.traffic import DemoRecord, DemoTraffic, corrupt_payloads, with_duplicates
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
@@ -27,6 +28,7 @@ class ProduceReport:
     duplicates: int = 0
     corrupt: int = 0
     by_topic: Counter[str] = field(default_factory=Counter)
+    late_lots: list[str] = field(default_factory=list)
 
 
 def produce_demo(
@@ -38,17 +40,28 @@ def produce_demo(
     seed: int = 7,
     rate: float | None = None,
     start: datetime | None = None,
+    master_data: bool = True,
+    late_lots: int = 0,
     echo: Callable[[str], None] = print,
 ) -> ProduceReport:
     """Send `count` records (duplicates included) plus `corrupt` malformed ones; wait for acks.
 
+    First the master data every record refers to (md.* topics), except `late_lots` lots that
+    are published halfway through, so events about them are parked and then released.
     `rate` caps records per second (None: as fast as the broker takes them).
     """
     rng = random.Random(seed)
     codec = AvroCodec(open_registry(settings))
     producer = create_producer(settings)
-    traffic = DemoTraffic(seed, start or datetime.now(UTC) - timedelta(hours=1))
+    start = start or datetime.now(UTC) - timedelta(hours=1)
+    traffic = DemoTraffic(seed, start)
     report = ProduceReport()
+    master = demo_master_data(seed, start, count) if master_data else []
+    lots = [m for m in master if m[0] == "md.lot.v1"]
+    late = rng.sample(lots, min(late_lots, len(lots)))
+    late_keys = {m[1] for m in late}
+    _publish_master(producer, settings, codec, [m for m in master if m[1] not in late_keys])
+    report.late_lots = sorted(late_keys)
     ingest_topics = [t.name for t in load_catalog().by_role("ingest")]
     records = with_duplicates(_unbounded(traffic), duplicate_rate, rng)
     bad = corrupt_payloads(corrupt, rng)
@@ -68,6 +81,8 @@ def produce_demo(
             ahead = (index + 1) / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
+        if late and index == count // 2:
+            _publish_master(producer, settings, codec, late)
         if (index + 1) % 1000 == 0:
             echo(f"  produced {index + 1}/{count} records")
     for payload in bad:  # corrupt records beyond `count` positions (count < corrupt)
@@ -77,6 +92,20 @@ def produce_demo(
     if remaining:
         raise RuntimeError(f"{remaining} demo records not acknowledged by the broker in 60 s")
     return report
+
+
+def _publish_master(
+    producer: Producer, settings: Settings, codec: AvroCodec, messages: list[MasterMessage]
+) -> None:
+    """Publish master records (keyed by entity id) and wait: events may depend on them."""
+    for topic, key, record in messages:
+        producer.produce(
+            settings.topic(topic),
+            key=key.encode("utf-8"),
+            value=codec.encode(f"{topic}-value", record),
+        )
+    if producer.flush(60):
+        raise RuntimeError("demo master data not acknowledged by the broker in 60 s")
 
 
 def _unbounded(traffic: DemoTraffic) -> Iterator[DemoRecord]:

@@ -6,8 +6,9 @@ record for the type checker at no run-time cost (the hot path passes plain dicts
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict, cast
 
 #: payload record name per event type: the branch of the canonical payload union
 PAYLOAD_RECORD = {
@@ -70,3 +71,17 @@ class QualityEvent(TypedDict):
     lineage: Lineage
     trace_id: str | None
     payload: tuple[str, dict[str, Any]]
+
+
+def event_from_avro(record: Mapping[str, Any]) -> QualityEvent:
+    """A decoded `quality.events.v1` record as a QualityEvent.
+
+    fastavro hands back the payload union as a bare dict and uuids as uuid.UUID; the stages
+    expect the payload's record name beside it (as the writer used) and ids as text.
+    """
+    event = dict(record)
+    event["event_id"] = str(record["event_id"])
+    payload = record["payload"]
+    if not isinstance(payload, tuple):
+        event["payload"] = (PAYLOAD_RECORD[record["event_type"]], payload)
+    return cast(QualityEvent, event)

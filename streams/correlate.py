@@ -1,0 +1,127 @@
+"""The correlate agent: events re-keyed by root cause → incidents and (once per incident) alerts.
+
+Consumes `quality.correlation.v1` (key = root-cause key such as `lot:L2611-0042`) and the ticks.
+On a tick it closes the partition's incidents that have been quiet for the rules' quiet period,
+measured in event time (the newest `occurred_at` seen on the partition), so replays agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from qmsflow.contracts import AvroCodec
+from qmsflow.errors import ContractError
+from qmsflow.quality.correlation import IncidentState, close_quiet, correlate, load_rules
+from qmsflow.quality.event import event_from_avro
+from qmsflow.quality.ingest import CANONICAL_SUBJECT
+from qmsflow.settings import Settings
+from qmsflow.topics import TopicCatalog
+from streams.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+INCIDENT_SUBJECT = "quality.incidents.v1-value"
+ALERT_SUBJECT = "quality.alerts.v1-value"
+
+
+def register_correlate_agent(
+    app: faust.App, settings: Settings, codec: AvroCodec, catalog: TopicCatalog
+) -> None:
+    """Declare the correlate agent, its incident table and output topics on the app."""
+    partitions = catalog["quality.correlation.v1"].partitions
+    ticks_topic = settings.topic("quality.ticks.v1")
+    source = app.topic(
+        settings.topic("quality.correlation.v1"),
+        ticks_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
+    )
+    incidents_out = app.topic(
+        settings.topic("quality.incidents.v1"), key_serializer="raw", value_serializer="raw"
+    )
+    alerts_out = app.topic(
+        settings.topic("quality.alerts.v1"), key_serializer="raw", value_serializer="raw"
+    )
+    incidents = app.Table("incidents", default=None, key_type=str, partitions=partitions)
+    watermarks = app.Table(
+        "correlation-watermarks", default=None, key_type=str, partitions=partitions
+    )
+    rules = load_rules()
+    open_keys: dict[int, set[str]] = {}  # partition → root-cause keys with an open incident
+
+    @app.on_partitions_revoked.connect
+    def forget_partitions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        open_keys.clear()
+
+    def keys_of(partition: int) -> set[str]:
+        if partition not in open_keys:
+            open_keys[partition] = {
+                key
+                for key, stored in incidents.items()
+                if stored["partition"] == partition and stored["state"]["status"] == "open"
+            }
+        return open_keys[partition]
+
+    def store(partition: int, state: IncidentState) -> None:
+        incidents[state.root_cause_key] = {"partition": partition, "state": state.to_dict()}
+        if state.status == "open":
+            keys_of(partition).add(state.root_cause_key)
+        else:
+            keys_of(partition).discard(state.root_cause_key)
+
+    async def on_event(message: Any) -> None:
+        try:
+            event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
+        except ContractError:
+            # Written by the quality agent from an already decoded event: a bug, not input.
+            log.exception("undecodable record on %s", message.topic)
+            raise
+        key = message.key.decode("utf-8")
+        stored = incidents.get(key)
+        state = None if stored is None else IncidentState.from_dict(stored["state"])
+        result = correlate(state, event, rules)
+        outbox = Outbox(codec)
+        for record in result.incidents:
+            outbox.add(incidents_out, INCIDENT_SUBJECT, record.incident_id, record.to_avro())
+        if result.alert is not None:
+            outbox.add(alerts_out, ALERT_SUBJECT, result.alert.incident_id, result.alert.to_avro())
+        await outbox.deliver()
+        if result.state is not None and result.state != state:
+            store(message.partition, result.state)
+        previous = watermarks.get(str(message.partition))
+        if previous is None or datetime.fromisoformat(previous) < event["occurred_at"]:
+            watermarks[str(message.partition)] = event["occurred_at"].isoformat()
+
+    async def on_tick(message: Any) -> None:
+        stored_watermark = watermarks.get(str(message.partition))
+        if stored_watermark is None:
+            return
+        watermark = datetime.fromisoformat(stored_watermark)
+        outbox = Outbox(codec)
+        closing = []
+        for key in sorted(keys_of(message.partition)):
+            state = IncidentState.from_dict(incidents[key]["state"])
+            record = close_quiet(state, watermark, rules)
+            if record is not None:
+                outbox.add(incidents_out, INCIDENT_SUBJECT, record.incident_id, record.to_avro())
+                closing.append(state.closed())
+        await outbox.deliver()
+        for state in closing:
+            store(message.partition, state)
+
+    @app.agent(source, name="correlate", concurrency=1)
+    async def correlate_agent(stream: faust.StreamT[Any]) -> None:
+        try:
+            async for event in stream.events():
+                if event.message.topic == ticks_topic:
+                    await on_tick(event.message)
+                else:
+                    await on_event(event.message)
+        except BaseException:
+            open_keys.clear()
+            raise

@@ -1,0 +1,325 @@
+"""The quality agent: canonical events → integrity → quarantine, escalation, correlation hand-off.
+
+All of these stages are keyed by product line (a lot, a CAPA and its parked events live in one
+product line), so they run fused in one agent over `quality.events.v1`; only correlation, keyed
+by root cause, needs a new topic hop (`quality.correlation.v1`). The agent also consumes
+`quality.ticks.v1`: time-driven work (releasing parked events whose master data arrived, expiring
+them, escalating overdue records) runs when a partition's tick is processed.
+
+Per record, the order is always (see streams/outbox.py): compute outputs, deliver them and wait
+for the acknowledgements, then write the tables. Outputs carry deterministic ids, so a crash
+between delivery and table write only republishes records that consumers already absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+
+from qmsflow.contracts import AvroCodec
+from qmsflow.errors import ContractError
+from qmsflow.quality.correlation import load_rules as load_correlation_rules
+from qmsflow.quality.dead_letter import dead_letter
+from qmsflow.quality.escalation import (
+    DUE_DATE_FIELD,
+    TrackedRecord,
+    escalate,
+    load_escalation_rules,
+    track,
+    tracked_key,
+)
+from qmsflow.quality.event import Coordinates, QualityEvent, event_from_avro
+from qmsflow.quality.ingest import CANONICAL_SUBJECT, DEAD_LETTER_SUBJECT
+from qmsflow.quality.integrity import (
+    PARKED_SUBJECT,
+    ParkedRecord,
+    ParkingLot,
+    load_integrity_rules,
+    missing_references,
+)
+from qmsflow.quality.quarantine import (
+    LotHoldState,
+    decide,
+    load_quarantine_rules,
+    lots_touched,
+)
+from qmsflow.settings import Settings
+from qmsflow.topics import TopicCatalog
+from streams.master_data import MasterDataFeed
+from streams.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+COMMAND_SUBJECT = "inventory.quarantine-commands.v1-value"
+ESCALATION_SUBJECT = "capa.escalations.v1-value"
+TICK_SUBJECT = "quality.ticks.v1-value"
+
+#: the partition watermark is persisted only when it moved this far: one changelog write per
+#: event would double the agent's writes, and a slightly old watermark after a restart only
+#: delays an escalation until the next event arrives
+_WATERMARK_PERSIST_STEP = timedelta(minutes=1)
+
+TableWrite = tuple[Any, str, Any]  # (table, key, value or None to delete)
+
+
+@dataclass
+class PartitionMemory:
+    """In-memory indexes over one partition's table rows, rebuilt after every (re)assignment."""
+
+    parking: ParkingLot = field(default_factory=ParkingLot)
+    parked_offsets: dict[str, int] = field(default_factory=dict)
+    tracked_keys: set[str] = field(default_factory=set)
+    watermark: datetime | None = None
+    persisted_watermark: datetime | None = None
+
+
+def register_quality_agent(
+    app: faust.App,
+    settings: Settings,
+    codec: AvroCodec,
+    feed: MasterDataFeed,
+    catalog: TopicCatalog,
+) -> None:
+    """Declare the quality agent, its tables and output topics on the app."""
+    partitions = catalog["quality.events.v1"].partitions
+    canonical_topic = settings.topic("quality.events.v1")
+    ticks_topic = settings.topic("quality.ticks.v1")
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw")
+
+    source = app.topic(
+        canonical_topic, ticks_topic, key_serializer="raw", value_serializer="raw", acks=True
+    )
+    parked_out = raw_topic("quality.parked.v1")
+    correlation_out = raw_topic("quality.correlation.v1")
+    commands_out = raw_topic("inventory.quarantine-commands.v1")
+    escalations_out = raw_topic("capa.escalations.v1")
+    dlq = raw_topic("quality.dlq.v1")
+
+    def table(name: str) -> Any:
+        return app.Table(name, default=None, key_type=str, partitions=partitions)
+
+    parked_table = table("parked")  # event_id → {partition, offset, record}
+    holds_table = table("lot-holds")  # lot_id → LotHoldState
+    tracked_table = table("tracked-records")  # record key → {partition, state}
+    watermark_table = table("quality-watermarks")  # str(partition) → ISO event time
+
+    integrity_rules = load_integrity_rules()
+    quarantine_rules = load_quarantine_rules()
+    escalation_rules = load_escalation_rules()
+    correlation_rules = load_correlation_rules()
+    deadline = integrity_rules.parking_deadline
+    memory: dict[int, PartitionMemory] = {}
+
+    @app.on_partitions_revoked.connect
+    def forget_partitions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        memory.clear()  # rebuilt from the (recovered) tables on the next record per partition
+
+    def partition_memory(partition: int) -> PartitionMemory:
+        if partition in memory:
+            return memory[partition]
+        mem = PartitionMemory()
+        for event_id, stored in parked_table.items():
+            if stored["partition"] == partition:
+                mem.parking.park(*_parked_args(ParkedRecord.from_dict(stored["record"])))
+                mem.parked_offsets[event_id] = stored["offset"]
+        mem.tracked_keys = {
+            key for key, stored in tracked_table.items() if stored["partition"] == partition
+        }
+        persisted = watermark_table.get(str(partition))
+        mem.watermark = mem.persisted_watermark = (
+            None if persisted is None else datetime.fromisoformat(persisted)
+        )
+        memory[partition] = mem
+        return mem
+
+    def evaluate(
+        event: QualityEvent, value: bytes, partition: int, outbox: Outbox
+    ) -> list[TableWrite]:
+        """Quarantine, escalation tracking and the correlation hand-off for a complete event."""
+        writes: list[TableWrite] = []
+        for lot in lots_touched(event, quarantine_rules, feed.index):
+            stored = holds_table.get(lot)
+            hold = None if stored is None else LotHoldState.from_dict(stored)
+            new_hold, commands = decide(hold, lot, event, quarantine_rules)
+            for command in commands:
+                outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro())
+            if new_hold is not None and new_hold != hold:
+                writes.append((holds_table, lot, new_hold.to_dict()))
+        if event["event_type"] in DUE_DATE_FIELD:
+            key = tracked_key(event)
+            stored = tracked_table.get(key)
+            state = None if stored is None else TrackedRecord.from_dict(stored["state"])
+            tracked = track(state, event)
+            mem = partition_memory(partition)
+            if tracked is not None and mem.watermark is not None:
+                tracked, escalations = escalate(tracked, mem.watermark, escalation_rules)
+                for escalation in escalations:
+                    outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
+            if tracked != state:
+                writes.append(
+                    (
+                        tracked_table,
+                        key,
+                        None
+                        if tracked is None
+                        else {"partition": partition, "state": tracked.to_dict()},
+                    )
+                )
+                if tracked is None:
+                    mem.tracked_keys.discard(key)
+                else:
+                    mem.tracked_keys.add(key)
+        root_cause = correlation_rules.root_cause_key(event)
+        if root_cause is not None:
+            outbox.add_encoded(correlation_out, root_cause, value)
+        return writes
+
+    async def on_event(message: Any) -> None:
+        partition = message.partition
+        outbox = Outbox(codec)
+        try:
+            event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
+        except ContractError as error:
+            letter = _letter(
+                error, "quality", Coordinates(message.topic, partition, message.offset), message
+            )
+            outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
+            await outbox.deliver()
+            return
+        mem = partition_memory(partition)
+        mem.watermark = max(filter(None, (mem.watermark, event["recorded_at"])))
+        try:
+            missing = missing_references(event, feed.index, integrity_rules)
+        except ContractError as error:
+            letter = _letter(
+                error, "integrity", Coordinates(message.topic, partition, message.offset), message
+            )
+            outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
+            await outbox.deliver()
+            return
+        writes: list[TableWrite] = []
+        if missing:
+            if event["event_id"] in mem.parking:
+                return  # a redelivered record already parked: nothing new to say
+            record = mem.parking.park(event, missing, datetime.now(UTC))
+            mem.parked_offsets[event["event_id"]] = message.offset
+            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            writes.append(
+                (
+                    parked_table,
+                    record.event_id,
+                    {"partition": partition, "offset": message.offset, "record": record.to_dict()},
+                )
+            )
+        else:
+            writes = evaluate(event, message.value, partition, outbox)
+        writes.extend(persist_watermark(partition, mem))
+        await outbox.deliver()
+        _apply(writes)
+
+    def persist_watermark(partition: int, mem: PartitionMemory) -> list[TableWrite]:
+        if mem.watermark is None:
+            return []
+        if (
+            mem.persisted_watermark is not None
+            and mem.watermark - mem.persisted_watermark < _WATERMARK_PERSIST_STEP
+        ):
+            return []
+        mem.persisted_watermark = mem.watermark
+        return [(watermark_table, str(partition), mem.watermark.isoformat())]
+
+    async def on_tick(message: Any) -> None:
+        partition = message.partition
+        now = codec.decode(message.value, TICK_SUBJECT).record["emitted_at"]
+        mem = partition_memory(partition)
+        outbox = Outbox(codec)
+        writes: list[TableWrite] = []
+        for record in mem.parking.release_known(feed.index):
+            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            writes.append((parked_table, record.event_id, None))
+            mem.parked_offsets.pop(record.event_id, None)
+            value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
+            writes.extend(evaluate(record.event, value, partition, outbox))
+        for record in mem.parking.expire(now, deadline):
+            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            offset = mem.parked_offsets.pop(record.event_id, -1)
+            value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
+            letter = dead_letter(
+                record.unresolved(now),
+                stage="integrity",
+                coordinates=Coordinates(canonical_topic, partition, offset),
+                key=record.key.encode("utf-8"),
+                value=value,
+                headers=[],
+                timestamp_ms=None,
+                failed_at=now,
+            )
+            outbox.add(dlq, DEAD_LETTER_SUBJECT, record.key, dict(letter))
+            writes.append((parked_table, record.event_id, None))
+        if mem.watermark is not None:
+            for key in sorted(mem.tracked_keys):
+                stored = tracked_table.get(key)
+                if stored is None:
+                    continue
+                state = TrackedRecord.from_dict(stored["state"])
+                escalated, escalations = escalate(state, mem.watermark, escalation_rules)
+                for escalation in escalations:
+                    outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
+                if escalated != state:
+                    writes.append(
+                        (
+                            tracked_table,
+                            key,
+                            None
+                            if escalated is None
+                            else {"partition": partition, "state": escalated.to_dict()},
+                        )
+                    )
+        await outbox.deliver()
+        _apply(writes)
+
+    @app.agent(source, name="quality", concurrency=1)
+    async def quality(stream: faust.StreamT[Any]) -> None:
+        await feed.ready.wait()
+        try:
+            async for event in stream.events():
+                if event.message.topic == ticks_topic:
+                    await on_tick(event.message)
+                else:
+                    await on_event(event.message)
+        except BaseException:
+            memory.clear()  # in-memory indexes may be ahead of the tables: rebuild on restart
+            raise
+
+
+def _parked_args(record: ParkedRecord) -> tuple[QualityEvent, Any, datetime]:
+    return record.event, record.missing, record.parked_at
+
+
+def _letter(error: Exception, stage: str, at: Coordinates, message: Any) -> dict[str, Any]:
+    return dict(
+        dead_letter(
+            error,
+            stage=stage,
+            coordinates=at,
+            key=message.key,
+            value=message.value,
+            headers=[],
+            timestamp_ms=None,
+            failed_at=datetime.now(UTC),
+        )
+    )
+
+
+def _apply(writes: list[TableWrite]) -> None:
+    for table, key, value in writes:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
