@@ -87,6 +87,9 @@ class NonconformanceRules(_Rules):
     hold_statuses: frozenset[CanonicalStatus]
     release_statuses: frozenset[CanonicalStatus]
     releasing_dispositions: dict[str, frozenset[CanonicalStatus]]
+    #: result-based hold reasons (inspection, lab, environmental) a releasing disposition also
+    #: clears when they were recorded before it: the MRB decided with those results in hand
+    disposition_covers: frozenset[str] = frozenset()
 
     @field_validator("releasing_dispositions", mode="before")
     @classmethod
@@ -310,6 +313,7 @@ class _Effect(NamedTuple):
 
     action: HoldAction
     text: str
+    disposition: bool = False  # a releasing MRB disposition (may cover prior result findings)
 
 
 def decide(
@@ -344,6 +348,16 @@ def decide(
         )
     else:
         reasons.pop(key, None)
+        if effect.disposition:
+            covered = rules.nonconformance.disposition_covers
+            for other, reason in list(reasons.items()):
+                seen_at = current.last_seen.get(other)
+                if (
+                    reason.trigger_event_type in covered
+                    and seen_at is not None
+                    and seen_at <= event["recorded_at"]
+                ):
+                    del reasons[other]
     last_seen = {**current.last_seen, key: event["recorded_at"]}
 
     ordinal, status = current.hold_ordinal, current.status
@@ -401,7 +415,9 @@ def _assess(event: QualityEvent, rules: QuarantineRules) -> _Effect | None:
         nc = rules.nonconformance
         disposition = term_key(body.get("disposition") or "")
         if status in nc.releasing_dispositions.get(disposition, frozenset()):
-            return _Effect("RELEASE", f"{record} disposition {disposition} releases the lot")
+            return _Effect(
+                "RELEASE", f"{record} disposition {disposition} releases the lot", disposition=True
+            )
         if status in nc.release_statuses:
             return _Effect("RELEASE", f"{record} nonconformance {status}")
         if status in nc.hold_statuses:

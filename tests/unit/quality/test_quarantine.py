@@ -249,6 +249,29 @@ class TestNonconformanceHolds:
         state = table[LOT]
         assert state is not None and state.status == "RELEASED" and not state.reasons
 
+    def test_disposition_covers_earlier_result_findings(self, rules: QuarantineRules) -> None:
+        """The MRB's use-as-is also clears inspection and lab holds recorded before it."""
+        events = [
+            nc("NCR-7"),
+            inspection("INSP-1", "reject", minutes=1),
+            lab("LAB-1", "OOS", minutes=2),
+            nc("NCR-7", "in_review", "use_as_is", minutes=3),
+        ]
+        table, commands = run(events, rules)
+        assert [c.action for c in commands] == ["HOLD", "RELEASE"]
+        state = table[LOT]
+        assert state is not None and state.status == "RELEASED" and not state.reasons
+
+    def test_disposition_does_not_cover_later_findings(self, rules: QuarantineRules) -> None:
+        """A lab OOS recorded after the disposition keeps the lot held."""
+        events = [
+            nc("NCR-7"),
+            nc("NCR-7", "in_review", "use_as_is", minutes=3),
+            lab("LAB-1", "OOS", minutes=5),
+        ]
+        commands = run(events, rules)[1]
+        assert [c.action for c in commands] == ["HOLD", "RELEASE", "HOLD"]
+
     def test_rework_releases_only_when_closed(self, rules: QuarantineRules) -> None:
         """A rework disposition keeps the hold until the NC closes."""
         events = [nc("NCR-1"), nc("NCR-1", "in_progress", "rework", minutes=1)]
