@@ -132,6 +132,64 @@ def db_migrate() -> None:
     click.echo(f"{len(applied)} migrations applied; database is current")
 
 
+# ---- dead letters ---------------------------------------------------------------------------
+@main.group()
+def dlq() -> None:
+    """Dead letters the sink loaded into qms.dead_letter: inspect and replay them."""
+
+
+@dlq.command("list")
+@click.option("--reason", "reason_code", help="Only this reason code, e.g. unknown-code.")
+@click.option("--stage", help="Only dead letters of this stage, e.g. normalise.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def dlq_list(reason_code: str | None, stage: str | None, limit: int) -> None:
+    """Dead letters of the current environment, newest failure first."""
+    import psycopg
+
+    from qmsflow.dead_letters import list_dead_letters
+
+    settings = load_settings()
+    with psycopg.connect(settings.dsn) as conn:
+        letters = list_dead_letters(
+            conn, settings, reason_code=reason_code, stage=stage, limit=limit
+        )
+    for letter in letters:
+        replayed = f"  replayed {letter.replays}x" if letter.replays else ""
+        click.echo(
+            f"{letter.dead_letter_id}  {letter.reason_code:16} {letter.stage:10} {letter.source}"
+            f"  {letter.failed_at.isoformat()}{replayed}\n    {letter.reason}"
+        )
+    click.echo(f"{len(letters)} dead letters")
+
+
+@dlq.command("replay")
+@click.option("--id", "ids", multiple=True, type=click.UUID, help="A dead letter id (repeatable).")
+@click.option("--reason", "reason_code", help="Every dead letter of this reason code.")
+@click.option("--include-replayed", is_flag=True, help="With --reason: also those replayed before.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; produce nothing.")
+def dlq_replay(
+    ids: tuple[object, ...], reason_code: str | None, include_replayed: bool, dry_run: bool
+) -> None:
+    """Re-produce dead letters' original records to their source topics, and record who did."""
+    import psycopg
+
+    from qmsflow.dead_letters import replay, select_dead_letters
+
+    if bool(ids) == (reason_code is not None):
+        raise click.UsageError("give either --id (one or more) or --reason")
+    settings = load_settings()
+    with psycopg.connect(settings.dsn) as conn:
+        letters = select_dead_letters(
+            conn,
+            settings,
+            ids=[str(i) for i in ids],
+            reason_code=reason_code,
+            include_replayed=include_replayed,
+        )
+        done = replay(conn, settings, letters, dry_run=dry_run, echo=click.echo)
+    click.echo(f"{len(done)} dead letters {'would be ' if dry_run else ''}replayed")
+
+
 # ---- processes ------------------------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--loglevel", default="info", type=click.Choice(["crit", "error", "warn", "info"]))

@@ -63,7 +63,34 @@ TICK_SUBJECT = "quality.ticks.v1-value"
 #: delays an escalation until the next event arrives
 _WATERMARK_PERSIST_STEP = timedelta(minutes=1)
 
-TableWrite = tuple[Any, str, Any]  # (table, key, value or None to delete)
+
+class StagedWrites:
+    """Table writes of one input, held back until its outputs are acknowledged.
+
+    Reads go through it, so the second of two events handled for one input (a tick releasing
+    several parked events about the same lot) sees the first one's effect.
+    """
+
+    def __init__(self) -> None:
+        self._writes: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+
+    def get(self, table: Any, key: str) -> Any:
+        """The value as it will be once applied: staged if staged, else the table's."""
+        staged = self._writes.get((id(table), key))
+        return table.get(key) if staged is None else staged[2]
+
+    def put(self, table: Any, key: str, value: Any) -> None:
+        """Stage a write; None deletes the key."""
+        self._writes[(id(table), key)] = (table, key, value)
+
+    def apply(self) -> None:
+        """Write everything staged to the tables (after delivery)."""
+        for table, key, value in self._writes.values():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        self._writes.clear()
 
 
 @dataclass
@@ -139,21 +166,20 @@ def register_quality_agent(
         return mem
 
     def evaluate(
-        event: QualityEvent, value: bytes, partition: int, outbox: Outbox
-    ) -> list[TableWrite]:
+        event: QualityEvent, value: bytes, partition: int, outbox: Outbox, writes: StagedWrites
+    ) -> None:
         """Quarantine, escalation tracking and the correlation hand-off for a complete event."""
-        writes: list[TableWrite] = []
         for lot in lots_touched(event, quarantine_rules, feed.index):
-            stored = holds_table.get(lot)
+            stored = writes.get(holds_table, lot)
             hold = None if stored is None else LotHoldState.from_dict(stored)
             new_hold, commands = decide(hold, lot, event, quarantine_rules)
             for command in commands:
                 outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro())
             if new_hold is not None and new_hold != hold:
-                writes.append((holds_table, lot, new_hold.to_dict()))
+                writes.put(holds_table, lot, new_hold.to_dict())
         if event["event_type"] in DUE_DATE_FIELD:
             key = tracked_key(event)
-            stored = tracked_table.get(key)
+            stored = writes.get(tracked_table, key)
             state = None if stored is None else TrackedRecord.from_dict(stored["state"])
             tracked = track(state, event)
             mem = partition_memory(partition)
@@ -162,14 +188,12 @@ def register_quality_agent(
                 for escalation in escalations:
                     outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
             if tracked != state:
-                writes.append(
-                    (
-                        tracked_table,
-                        key,
-                        None
-                        if tracked is None
-                        else {"partition": partition, "state": tracked.to_dict()},
-                    )
+                writes.put(
+                    tracked_table,
+                    key,
+                    None
+                    if tracked is None
+                    else {"partition": partition, "state": tracked.to_dict()},
                 )
                 if tracked is None:
                     mem.tracked_keys.discard(key)
@@ -178,7 +202,6 @@ def register_quality_agent(
         root_cause = correlation_rules.root_cause_key(event)
         if root_cause is not None:
             outbox.add_encoded(correlation_out, root_cause, value)
-        return writes
 
     async def on_event(message: Any) -> None:
         partition = message.partition
@@ -203,49 +226,45 @@ def register_quality_agent(
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
             await outbox.deliver()
             return
-        writes: list[TableWrite] = []
+        writes = StagedWrites()
         if missing:
             if event["event_id"] in mem.parking:
                 return  # a redelivered record already parked: nothing new to say
             record = mem.parking.park(event, missing, datetime.now(UTC))
             mem.parked_offsets[event["event_id"]] = message.offset
             outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
-            writes.append(
-                (
-                    parked_table,
-                    record.event_id,
-                    {"partition": partition, "offset": message.offset, "record": record.to_dict()},
-                )
+            writes.put(
+                parked_table,
+                record.event_id,
+                {"partition": partition, "offset": message.offset, "record": record.to_dict()},
             )
         else:
-            writes = evaluate(event, message.value, partition, outbox)
-        writes.extend(persist_watermark(partition, mem))
+            evaluate(event, message.value, partition, outbox, writes)
+        persist_watermark(partition, mem, writes)
         await outbox.deliver()
-        _apply(writes)
+        writes.apply()
 
-    def persist_watermark(partition: int, mem: PartitionMemory) -> list[TableWrite]:
-        if mem.watermark is None:
-            return []
-        if (
+    def persist_watermark(partition: int, mem: PartitionMemory, writes: StagedWrites) -> None:
+        if mem.watermark is None or (
             mem.persisted_watermark is not None
             and mem.watermark - mem.persisted_watermark < _WATERMARK_PERSIST_STEP
         ):
-            return []
+            return
         mem.persisted_watermark = mem.watermark
-        return [(watermark_table, str(partition), mem.watermark.isoformat())]
+        writes.put(watermark_table, str(partition), mem.watermark.isoformat())
 
     async def on_tick(message: Any) -> None:
         partition = message.partition
         now = codec.decode(message.value, TICK_SUBJECT).record["emitted_at"]
         mem = partition_memory(partition)
         outbox = Outbox(codec)
-        writes: list[TableWrite] = []
+        writes = StagedWrites()
         for record in mem.parking.release_known(feed.index):
             outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
-            writes.append((parked_table, record.event_id, None))
+            writes.put(parked_table, record.event_id, None)
             mem.parked_offsets.pop(record.event_id, None)
             value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
-            writes.extend(evaluate(record.event, value, partition, outbox))
+            evaluate(record.event, value, partition, outbox, writes)
         for record in mem.parking.expire(now, deadline):
             outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
             offset = mem.parked_offsets.pop(record.event_id, -1)
@@ -261,10 +280,10 @@ def register_quality_agent(
                 failed_at=now,
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, record.key, dict(letter))
-            writes.append((parked_table, record.event_id, None))
+            writes.put(parked_table, record.event_id, None)
         if mem.watermark is not None:
             for key in sorted(mem.tracked_keys):
-                stored = tracked_table.get(key)
+                stored = writes.get(tracked_table, key)
                 if stored is None:
                     continue
                 state = TrackedRecord.from_dict(stored["state"])
@@ -272,17 +291,15 @@ def register_quality_agent(
                 for escalation in escalations:
                     outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
                 if escalated != state:
-                    writes.append(
-                        (
-                            tracked_table,
-                            key,
-                            None
-                            if escalated is None
-                            else {"partition": partition, "state": escalated.to_dict()},
-                        )
+                    writes.put(
+                        tracked_table,
+                        key,
+                        None
+                        if escalated is None
+                        else {"partition": partition, "state": escalated.to_dict()},
                     )
         await outbox.deliver()
-        _apply(writes)
+        writes.apply()
 
     @app.agent(source, name="quality", concurrency=1)
     async def quality(stream: faust.StreamT[Any]) -> None:
@@ -315,11 +332,3 @@ def _letter(error: Exception, stage: str, at: Coordinates, message: Any) -> dict
             failed_at=datetime.now(UTC),
         )
     )
-
-
-def _apply(writes: list[TableWrite]) -> None:
-    for table, key, value in writes:
-        if value is None:
-            table.pop(key, None)
-        else:
-            table[key] = value

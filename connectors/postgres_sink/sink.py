@@ -3,18 +3,22 @@
 Commit protocol (implemented here and nowhere else):
   1. on partition assignment, each partition is positioned at the `next_offset` stored in
      `qms.sink_offsets` (the beginning when there is none); Kafka's committed offsets are ignored;
-  2. `add()` decodes a record into its table's buffer and notes its partition's next offset;
-     a record that does not decode becomes a dead letter (stage `sink`) instead of a row;
+  2. `add()` decodes a record into the buffers of its topic's tables (one topic may write
+     several, e.g. an incident and its members) and notes its partition's next offset; a record
+     that does not decode or map becomes a dead letter (stage `sink`) instead of rows;
   3. `flush()` first publishes those dead letters and waits for the broker's acknowledgement;
   4. then, in ONE Postgres transaction: per table, COPY the buffered rows into a temporary staging
-     table, INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO NOTHING, and upsert every
-     touched partition's next offset into `qms.sink_offsets`; COMMIT;
+     table, INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO NOTHING (or, for a table
+     written by upsert, DO UPDATE … WHERE the incoming row is newer), and upsert every touched
+     partition's next offset into `qms.sink_offsets`; COMMIT;
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
 A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
 again; a crash after it finds the offsets stored, so they are not. Rows are never doubled: the
-conflict key (the event's own id) absorbs the redelivery of a record already written under
-another offset, e.g. a republished event after an agent restart.
+conflict key (the record's own deterministic id) absorbs the redelivery of a record already
+written under another offset, e.g. a republished event after an agent restart. An upserted row
+changes only when a record newer by its table's rule arrives (`rows.Upsert`), so a redelivered
+or older view writes nothing either.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding
+from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding, TableWrite
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
@@ -57,7 +61,7 @@ class SinkStats:
 
     batches: int = 0
     rows_offered: int = 0
-    rows_inserted: int = 0
+    rows_inserted: int = 0  # inserted or, by an upsert, replaced
     dead_letters: int = 0
     last_flush_seconds: float = 0.0
     by_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -125,7 +129,10 @@ class PostgresSink:
             if value is None:
                 raise ContractError("value: expected an Avro record, got a tombstone (null)")
             decoded = self._codec.decode(value, binding.subject)
-            self._rows[binding.table].append(binding.to_row(decoded.record, at))
+            # map every table's rows before buffering any, so a record is all rows or none
+            mapped = [(w.table, w.to_rows(decoded.record, at)) for w in binding.writes]
+            for table, rows in mapped:
+                self._rows[table].extend(rows)
         except (ContractError, KeyError, TypeError, ValueError) as error:
             self._dead.append(
                 dict(
@@ -152,12 +159,12 @@ class PostgresSink:
             if self._publish_dead_letters is None:
                 raise RuntimeError("undecodable records but no dead-letter publisher configured")
             self._publish_dead_letters(self._dead)
-        bindings = {b.table: b for b in self._bindings.values()}
+        writes = {w.table: w for b in self._bindings.values() for w in b.writes}
         inserted = 0
         with self._conn.transaction():
             for table, rows in self._rows.items():
                 if rows:
-                    n = _upsert(self._conn, bindings[table], rows)
+                    n = _write(self._conn, writes[table], rows)
                     inserted += n
                     self.stats.by_table[table] += n
             with self._conn.cursor() as cur:
@@ -183,26 +190,40 @@ class PostgresSink:
         self._dead.clear()
 
 
-def _upsert(conn: psycopg.Connection[Any], binding: TableBinding, rows: list[Row]) -> int:
-    """COPY into a staging table, then one INSERT that skips keys already stored."""
-    staging = "sink_staging_" + binding.table.replace(".", "_")
-    columns = ", ".join(binding.columns)
+def _write(conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row]) -> int:
+    """COPY into a staging table, then one INSERT that skips (or, upserting, updates) stored keys.
+
+    Returns the rows inserted or updated.
+    """
+    staging = "sink_staging_" + write.table.replace(".", "_")
+    columns = ", ".join(write.columns)
+    key = ", ".join(write.key)
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-        f"(LIKE {binding.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        f"(LIKE {write.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    if write.upsert is None:
+        # A batch may hold one key twice (a republished record). DISTINCT ON keeps the earliest
+        # copy, so lineage points at the first delivery.
+        keep_first = "kafka_offset"
+        on_conflict = "DO NOTHING"
+    else:
+        # Postgres refuses DO UPDATE for a key met twice in one statement, so the batch is first
+        # narrowed to the one row per key its records, applied in turn, would have left.
+        keep_first = ", ".join(write.upsert.newest_first)
+        assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in write.updated_columns)
+        on_conflict = (
+            f"DO UPDATE SET {assignments}, loaded_at = now() WHERE {write.upsert.replaces_when}"
+        )
     with conn.cursor() as cur:
         with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        # A batch may hold one key twice (a republished event). DISTINCT ON keeps the earliest
-        # copy, so lineage points at the first delivery, and the statement stays valid should a
-        # binding move to DO UPDATE, which Postgres refuses for a key met twice in one statement.
         cur.execute(
-            f"INSERT INTO {binding.table} ({columns}) "
-            f"SELECT DISTINCT ON ({binding.key}) {columns} FROM {staging} "
-            f"ORDER BY {binding.key}, kafka_offset "
-            f"ON CONFLICT ({binding.key}) DO NOTHING"
+            f"INSERT INTO {write.table} ({columns}) "
+            f"SELECT DISTINCT ON ({key}) {columns} FROM {staging} "
+            f"ORDER BY {key}, {keep_first} "
+            f"ON CONFLICT ({key}) {on_conflict}"
         )
         return cur.rowcount
 

@@ -220,8 +220,10 @@ class HoldReason:
 class LotHoldState:
     """One lot's hold: status, open reasons by record key, and how many holds it has had.
 
-    `last_seen` keeps the newest `recorded_at` applied per record, so a stale or redelivered
-    older event of a record can never re-open a reason a newer event closed.
+    `last_seen` keeps the newest `recorded_at` applied per record, so a stale older event of a
+    record can never re-open a reason a newer event closed; `last_event` keeps that event's id,
+    so a redelivery of the very event last applied is recognised even at an equal timestamp
+    (sources stamp whole seconds; two real updates may share one).
     """
 
     lot_id: str
@@ -229,6 +231,7 @@ class LotHoldState:
     hold_ordinal: int = 0
     reasons: Mapping[str, HoldReason] = field(default_factory=dict)
     last_seen: Mapping[str, datetime] = field(default_factory=dict)
+    last_event: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for a Faust table (times as ISO 8601 with offset)."""
@@ -246,6 +249,7 @@ class LotHoldState:
                 for key, r in sorted(self.reasons.items())
             },
             "last_seen": {key: at.isoformat() for key, at in sorted(self.last_seen.items())},
+            "last_event": dict(sorted(self.last_event.items())),
         }
 
     @classmethod
@@ -260,6 +264,7 @@ class LotHoldState:
             hold_ordinal=int(data["hold_ordinal"]),
             reasons={key: HoldReason(**value) for key, value in data["reasons"].items()},
             last_seen={key: datetime.fromisoformat(at) for key, at in data["last_seen"].items()},
+            last_event=dict(data.get("last_event", {})),
         )
 
 
@@ -322,7 +327,8 @@ def decide(
     """Apply one event to one lot's hold; the new state and at most one command.
 
     The caller routes the event to `lot_id` (see `lots_touched`); `None` is a lot never held.
-    Events of a record older than one already applied to this lot change nothing.
+    An event older than one already applied to this lot for the same record, or a redelivery
+    of the very event last applied, changes nothing.
     """
     effect = _assess(event, rules)
     if effect is None:
@@ -330,7 +336,9 @@ def decide(
     current = state if state is not None else LotHoldState(lot_id)
     key = record_key(event)
     seen = current.last_seen.get(key)
-    if seen is not None and event["recorded_at"] < seen:
+    if seen is not None and (
+        event["recorded_at"] < seen or current.last_event.get(key) == event["event_id"]
+    ):
         return state, []
     if state is None and effect.action == "RELEASE":
         return None, []
@@ -359,6 +367,7 @@ def decide(
                 ):
                     del reasons[other]
     last_seen = {**current.last_seen, key: event["recorded_at"]}
+    last_event = {**current.last_event, key: event["event_id"]}
 
     ordinal, status = current.hold_ordinal, current.status
     commands: list[QuarantineCommand] = []
@@ -369,7 +378,7 @@ def decide(
         status = "RELEASED"
         commands.append(_command(lot_id, ordinal, "RELEASE", event, effect.text, rules))
     return (
-        LotHoldState(lot_id, status, ordinal, reasons, last_seen),
+        LotHoldState(lot_id, status, ordinal, reasons, last_seen, last_event),
         commands,
     )
 

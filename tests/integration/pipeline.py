@@ -29,7 +29,10 @@ class PipelineProcesses:
         with (self.logs / f"{role}.log").open("ab") as log:  # the child keeps its own fd
             return subprocess.Popen(
                 [sys.executable, "-m", "qmsflow", *args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def start_worker(self) -> None:
@@ -86,8 +89,12 @@ def environment(settings: Settings, bootstrap: str, dsn: str) -> dict[str, str]:
 
 
 def wait_for(
-    condition: Callable[[], bool], *, timeout: float, what: str,
-    alive: Callable[[], None] | None = None, interval: float = 0.5,
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    alive: Callable[[], None] | None = None,
+    interval: float = 0.5,
 ) -> None:
     """Poll until `condition` holds; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

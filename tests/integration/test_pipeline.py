@@ -56,7 +56,11 @@ class TestExactlyTheUniqueEvents:
         settings = pipeline.settings
         seed = zlib.crc32(settings.topic_prefix.encode())  # fresh event ids on every run
         sent = produce_demo(
-            settings, count=5000, duplicate_rate=0.1, corrupt=20, seed=seed,
+            settings,
+            count=5000,
+            duplicate_rate=0.1,
+            corrupt=20,
+            seed=seed,
             echo=lambda _line: None,
         )
         unique = len(sent.unique_event_ids)
@@ -66,7 +70,8 @@ class TestExactlyTheUniqueEvents:
 
         wait_for(
             lambda: count_rows(postgres_dsn, "qms.quality_event", events_topic) > unique // 4,
-            timeout=180, what="the sink to write a quarter of the events",
+            timeout=180,
+            what="the sink to write a quarter of the events",
             alive=pipeline.assert_alive,
         )
         pipeline.kill_sink()
@@ -74,28 +79,34 @@ class TestExactlyTheUniqueEvents:
         pipeline.start_sink()
 
         wait_for(
-            lambda: count_rows(postgres_dsn, "qms.quality_event", events_topic) >= unique
-            and count_rows(postgres_dsn, "qms.dead_letter", dlq_topic) >= 20,
-            timeout=240, what=f"{unique} events and 20 dead letters in Postgres",
+            lambda: (
+                count_rows(postgres_dsn, "qms.quality_event", events_topic) >= unique
+                and count_rows(postgres_dsn, "qms.dead_letter", dlq_topic) >= 20
+            ),
+            timeout=240,
+            what=f"{unique} events and 20 dead letters in Postgres",
             alive=pipeline.assert_alive,
         )
         assert killed_at < unique, "the kill must land mid-run for this test to mean anything"
 
         with psycopg.connect(postgres_dsn) as conn:
             stored = {
-                str(row[0]) for row in conn.execute(
+                str(row[0])
+                for row in conn.execute(
                     "SELECT event_id FROM qms.quality_event WHERE kafka_topic = %s", (events_topic,)
                 )
             }
             reasons = conn.execute(
                 "SELECT reason_code, reason, original_value FROM qms.dead_letter"
-                " WHERE kafka_topic = %s", (dlq_topic,)
+                " WHERE kafka_topic = %s",
+                (dlq_topic,),
             ).fetchall()
             offsets = dict(
-                ((topic, partition), next_offset) for topic, partition, next_offset in
-                conn.execute(
+                ((topic, partition), next_offset)
+                for topic, partition, next_offset in conn.execute(
                     "SELECT topic, partition, next_offset FROM qms.sink_offsets"
-                    " WHERE consumer_group = %s", (settings.topic("qmsflow-sink"),)
+                    " WHERE consumer_group = %s",
+                    (settings.topic("qmsflow-sink"),),
                 )
             )
         assert stored == sent.unique_event_ids

@@ -39,8 +39,13 @@ def scenario() -> Scenario:
 def _canonical(codec: AvroCodec, record: DemoRecord, offset: int) -> QualityEvent:
     stage = IngestStage(codec, load_catalog(), load_dictionary())
     message = RawMessage(
-        record.topic, 0, offset, record.key.encode(),
-        codec.encode(f"{record.topic}-value", record.record), [], None,
+        record.topic,
+        0,
+        offset,
+        record.key.encode(),
+        codec.encode(f"{record.topic}-value", record.record),
+        [],
+        None,
     )
     event = stage.decode(message)
     assert isinstance(event, dict), event

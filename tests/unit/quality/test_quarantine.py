@@ -262,6 +262,14 @@ class TestNonconformanceHolds:
         state = table[LOT]
         assert state is not None and state.status == "RELEASED" and not state.reasons
 
+    def test_redelivered_finding_after_release_does_not_hold_again(
+        self, rules: QuarantineRules
+    ) -> None:
+        """A replayed copy of a finding the disposition already covered changes nothing."""
+        finding = lab("LAB-1", "OOS", minutes=1)
+        events = [nc("NCR-7"), finding, nc("NCR-7", "in_review", "use_as_is", minutes=3), finding]
+        assert [c.action for c in run(events, rules)[1]] == ["HOLD", "RELEASE"]
+
     def test_disposition_does_not_cover_later_findings(self, rules: QuarantineRules) -> None:
         """A lab OOS recorded after the disposition keeps the lot held."""
         events = [

@@ -1,0 +1,248 @@
+"""Row mapping of the stage outputs the sink loads, from records decoded by the real codec."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.postgres_sink.migrations import load_migrations
+from connectors.postgres_sink.rows import (
+    BINDINGS,
+    ESCALATED_EVENT_TYPES,
+    HOLD_ACTIONS,
+    INCIDENT_STATUSES,
+    PARKING_STATUSES,
+    SEVERITIES,
+    Row,
+    TableBinding,
+    TableWrite,
+)
+from connectors.postgres_sink.sink import PostgresSink
+from qmsflow.contracts import AvroCodec, FileSchemaRegistry
+from qmsflow.quality.event import Coordinates
+from qmsflow.settings import PROJECT_ROOT
+from tests.unit.connectors import stage_records as records
+
+AT = Coordinates("env.quality.stage.v1", 2, 41)
+CODEC = AvroCodec(FileSchemaRegistry.load(PROJECT_ROOT / "schemas" / "avro"))
+BY_TOPIC = {b.topic: b for b in BINDINGS}
+
+
+def binding(topic: str) -> TableBinding:
+    return BY_TOPIC[topic]
+
+
+def decoded(topic: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the sink sees it: encoded with the topic's contract, then decoded."""
+    subject = binding(topic).subject
+    return CODEC.decode(CODEC.encode(subject, record), subject).record
+
+
+def as_dict(write: TableWrite, row: Row) -> dict[str, Any]:
+    assert len(row) == len(write.columns)
+    return dict(zip(write.columns, row, strict=True))
+
+
+def rows_of(topic: str, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    rec = decoded(topic, record)
+    return {w.table: [as_dict(w, r) for r in w.to_rows(rec, AT)] for w in binding(topic).writes}
+
+
+def migrations_sql() -> str:
+    return "\n".join(m.sql for m in load_migrations())
+
+
+class TestIncidentRows:
+    def test_incident_becomes_one_incident_row_and_one_row_per_member(self) -> None:
+        """An incident view is one qms.incident row and one qms.incident_member row per member."""
+        members = records.event_ids(3)
+        rows = rows_of("quality.incidents.v1", records.incident(members=members))
+        (incident,) = rows["qms.incident"]
+        assert incident["incident_id"] == uuid.UUID(records.incident_id("lot:L2611-0042", 1))
+        assert incident["status"] == "open"
+        assert incident["revision"] == incident["member_count"] == 3
+        assert incident["event_types"] == ["inspection_result", "nonconformance"]
+        assert incident["opened_at"] == records.T0
+        assert "member_event_ids" not in incident
+        assert (incident["kafka_topic"], incident["kafka_partition"], incident["kafka_offset"]) == (
+            AT.topic,
+            AT.partition,
+            AT.offset,
+        )
+        assert [m["event_id"] for m in rows["qms.incident_member"]] == [
+            uuid.UUID(e) for e in members
+        ]
+        assert {m["incident_id"] for m in rows["qms.incident_member"]} == {incident["incident_id"]}
+
+    def test_incident_write_upserts_and_member_write_inserts_only(self) -> None:
+        """Only qms.incident is upserted, keeping the newest revision, closing at equal ones."""
+        incident_write, member_write = binding("quality.incidents.v1").writes
+        assert incident_write.upsert is not None
+        assert incident_write.upsert.newest_first[0] == "revision DESC"
+        assert incident_write.upsert.newest_first[-1] == "kafka_offset DESC"
+        assert "qms.incident.revision < EXCLUDED.revision" in incident_write.upsert.replaces_when
+        assert "incident_id" not in incident_write.updated_columns
+        assert member_write.upsert is None and member_write.key == ("incident_id", "event_id")
+
+    def test_malformed_member_id_is_refused_with_its_position(self) -> None:
+        """A member id that is not a UUID fails the mapping, naming the field."""
+        rec = decoded("quality.incidents.v1", records.incident(members=("not-a-uuid",)))
+        with pytest.raises(ValueError, match=r"member_event_ids\[0\]"):
+            binding("quality.incidents.v1").writes[1].to_rows(rec, AT)
+
+
+class TestOtherStageRows:
+    def test_alert_row_keeps_every_field(self) -> None:
+        """An alert maps field for field, ids as UUIDs."""
+        record = records.alert()
+        (row,) = rows_of("quality.alerts.v1", record)["qms.alert"]
+        assert row["alert_id"] == uuid.UUID(record["alert_id"])
+        assert row["first_event_id"] == uuid.UUID(record["first_event_id"])
+        assert row["summary"] == record["summary"]
+        assert row["raised_at"] == records.T0
+
+    def test_quarantine_command_row_keeps_the_sap_posting(self) -> None:
+        """A RELEASE keeps its action, lot, stock type and movement type."""
+        record = records.quarantine_command("L2611-0042", "RELEASE", hours=5)
+        (row,) = rows_of("inventory.quarantine-commands.v1", record)["qms.quarantine_command"]
+        assert (
+            row["action"],
+            row["lot_id"],
+            row["target_stock_type"],
+            row["sap_movement_type"],
+        ) == (
+            "RELEASE",
+            "L2611-0042",
+            "UNRESTRICTED",
+            "343",
+        )
+        assert row["issued_at"] == records.T0 + timedelta(hours=5)
+        assert row["part_number"] == "PN-30105-A"
+
+    def test_escalation_row_keeps_level_and_due_date(self) -> None:
+        """An escalation keeps its level, due date (a date) and recipient."""
+        (row,) = rows_of("capa.escalations.v1", records.escalation(level=2))["qms.escalation"]
+        assert (row["level"], row["due_date"], row["recipient_role"]) == (
+            2,
+            date(2026, 2, 20),
+            "qa_manager",
+        )
+        assert row["escalation_id"] == uuid.UUID(records.escalation_id("QMS:CAPA-77", 2))
+
+    def test_parked_row_keeps_the_event_as_json(self) -> None:
+        """A parking step keeps its status, missing references and the event JSON."""
+        event_id = records.event_ids(1)[0]
+        (row,) = rows_of("quality.parked.v1", records.parked(event_id, "RELEASED"))[
+            "qms.parked_event"
+        ]
+        assert row["status"] == "RELEASED"
+        assert row["missing_references"] == ["lot:L2611-0042"]
+        assert row["deadline_at"] - row["parked_at"] == records.PARKING_DEADLINE
+        assert orjson.loads(row["event_json"])["event_id"] == event_id
+
+    @pytest.mark.parametrize(
+        ("topic", "record", "field", "bad"),
+        [
+            ("quality.incidents.v1", records.incident(), "status", "reopened"),
+            ("quality.incidents.v1", records.incident(), "severity", "catastrophic"),
+            ("quality.alerts.v1", records.alert(), "severity", "high"),
+            ("inventory.quarantine-commands.v1", records.quarantine_command(), "action", "BLOCK"),
+            ("capa.escalations.v1", records.escalation(), "event_type", "deviation"),
+            ("capa.escalations.v1", records.escalation(), "level", 0),
+            ("quality.parked.v1", records.parked(records.event_ids(1)[0]), "event_json", "{no"),
+        ],
+    )
+    def test_value_the_table_would_refuse_fails_the_mapping(
+        self, topic: str, record: dict[str, Any], field: str, bad: Any
+    ) -> None:
+        """A value a CHECK constraint would refuse is a ValueError: it dead-letters one record."""
+        rec = {**decoded(topic, record), field: bad}
+        with pytest.raises(ValueError, match=field):
+            for write in binding(topic).writes:
+                write.to_rows(rec, AT)
+
+
+class TestBindingsMatchTheMigrations:
+    def test_every_new_stage_topic_is_bound(self) -> None:
+        """The sink binds the two original topics and the five stage outputs."""
+        assert set(BY_TOPIC) == {
+            "quality.events.v1",
+            "quality.dlq.v1",
+            "quality.incidents.v1",
+            "quality.alerts.v1",
+            "inventory.quarantine-commands.v1",
+            "capa.escalations.v1",
+            "quality.parked.v1",
+        }
+
+    @pytest.mark.parametrize(
+        "write", [w for b in BINDINGS for w in b.writes], ids=lambda w: w.table
+    )
+    def test_columns_and_key_exist_in_the_table(self, write: TableWrite) -> None:
+        """Every column a write names is declared in its table, and the key is its primary key."""
+        schema, name = write.table.split(".")
+        match = re.search(
+            rf"CREATE TABLE {schema}\.{name} \((.*?)\n\);", migrations_sql(), re.DOTALL
+        )
+        assert match, f"{write.table} is not created by any migration"
+        body = match.group(1)
+        declared = set(re.findall(r"^\s{4}([a-z_]+)\s", body, re.MULTILINE))
+        assert set(write.columns) <= declared
+        assert {"kafka_topic", "kafka_partition", "kafka_offset", "loaded_at"} <= declared
+        if len(write.key) == 1:
+            assert re.search(rf"^\s{{4}}{write.key[0]}\s+\S+ PRIMARY KEY", body, re.MULTILINE)
+        else:
+            assert f"PRIMARY KEY ({', '.join(write.key)})" in body
+
+    @pytest.mark.parametrize(
+        ("table", "column", "allowed"),
+        [
+            ("incident", "status", INCIDENT_STATUSES),
+            ("incident", "severity", SEVERITIES),
+            ("alert", "severity", SEVERITIES),
+            ("quarantine_command", "action", HOLD_ACTIONS),
+            ("escalation", "event_type", ESCALATED_EVENT_TYPES),
+            ("parked_event", "status", PARKING_STATUSES),
+        ],
+    )
+    def test_check_constraints_allow_exactly_the_domain_values(
+        self, table: str, column: str, allowed: frozenset[str]
+    ) -> None:
+        """The CHECK list of an enum column is the domain type's values, no more, no less."""
+        body = re.search(rf"CREATE TABLE qms\.{table} \((.*?)\n\);", migrations_sql(), re.DOTALL)
+        assert body
+        check = re.search(rf"CHECK \({column} IN \(([^)]*)\)\)", body.group(1))
+        assert check, f"qms.{table}.{column} has no CHECK"
+        assert set(re.findall(r"'([^']*)'", check.group(1))) == allowed
+
+
+class TestSinkBuffering:
+    @staticmethod
+    def _sink() -> PostgresSink:
+        # add() never touches the connection: buffering is pure
+        no_connection: Any = None
+        return PostgresSink(no_connection, CODEC, consumer_group="g", topic_prefix="t.")
+
+    def test_incident_buffers_its_row_and_its_members(self) -> None:
+        """One incident record buffers one incident row plus one row per member."""
+        sink = self._sink()
+        value = CODEC.encode(
+            "quality.incidents.v1-value", records.incident(members=records.event_ids(4))
+        )
+        sink.add("t.quality.incidents.v1", 0, 9, b"k", value)
+        assert sink.pending == 1 + 4
+        assert "t.quality.parked.v1" in sink.topics
+
+    def test_record_failing_one_table_buffers_no_row_at_all(self) -> None:
+        """A record whose second table's mapping fails becomes one dead letter and no rows."""
+        sink = self._sink()
+        value = CODEC.encode(
+            "quality.incidents.v1-value", records.incident(members=("not-a-uuid",))
+        )
+        sink.add("t.quality.incidents.v1", 0, 9, b"k", value)
+        assert sink.pending == 1  # the dead letter only
