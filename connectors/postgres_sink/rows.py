@@ -113,6 +113,7 @@ QUALITY_EVENT_COLUMNS = (
     "synthetic",
     "payload_type",
     "payload",
+    "defect_category",
     "trace_id",
     "source_topic",
     "source_partition",
@@ -156,6 +157,7 @@ def quality_event_row(event: Mapping[str, Any], at: Coordinates) -> Row:
         event["synthetic"],
         event["event_type"],
         _json(payload),
+        event.get("defect_category"),  # absent in events written with schema v1
         event["trace_id"],
         lineage["topic"],
         lineage["partition"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple, NotRequired, TypedDict, cast
 
 #: payload record name per event type: the branch of the canonical payload union
 PAYLOAD_RECORD = {
@@ -71,6 +71,9 @@ class QualityEvent(TypedDict):
     lineage: Lineage
     trace_id: str | None
     payload: tuple[str, dict[str, Any]]
+    #: canonical defect category (data dictionary); None for conforming results and other types.
+    #: Added in quality.events.v1-value v2: events decoded from v1 data carry None.
+    defect_category: NotRequired[str | None]
 
 
 def event_from_avro(record: Mapping[str, Any]) -> QualityEvent:

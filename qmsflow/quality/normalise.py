@@ -10,14 +10,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from qmsflow.errors import NormalisationError
 from qmsflow.quality.data_dictionary import DataDictionary
 from qmsflow.quality.event import PAYLOAD_RECORD, Coordinates, Lineage, QualityEvent
 
-#: payload fields holding a unit text that must become a UCUM code
-_UNIT_FIELDS = ("unit",)
+#: per measured record type: the payload field naming the characteristic, and its numeric fields
+_MEASURED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lab_result": ("analyte", ("result_value", "spec_low", "spec_high")),
+    "inspection_result": ("characteristic", ("measured_value", "lower_limit", "upper_limit")),
+    "environmental_reading": ("parameter", ("value", "alert_limit", "action_limit")),
+}
+#: per record type: the payload field whose word classifies the defect, and how to read it
+_DEFECT_FIELD = {
+    "nonconformance": "defect_code",
+    "inspection_result": "result",
+    "lab_result": "result_status",
+}
 
 
 def normalise(
@@ -48,6 +59,7 @@ def normalise(
     event_id = _event_id(record["event_id"])
 
     source_severity = record.get("severity")
+    payload, defect_category = _normalise_payload(event_type, record["payload"], dictionary)
     return {
         "event_id": event_id,
         "event_type": event_type,
@@ -81,17 +93,44 @@ def normalise(
             ingested_at=ingested_at,
         ),
         "trace_id": None,
-        "payload": (PAYLOAD_RECORD[event_type], _normalise_payload(record["payload"], dictionary)),
+        "payload": (PAYLOAD_RECORD[event_type], payload),
+        "defect_category": defect_category,
     }
 
 
-def _normalise_payload(payload: Mapping[str, Any], dictionary: DataDictionary) -> dict[str, Any]:
+def _normalise_payload(
+    event_type: str, payload: Mapping[str, Any], dictionary: DataDictionary
+) -> tuple[dict[str, Any], str | None]:
+    """Canonical units and declared precision in the payload; the event's defect category."""
     normalised = dict(payload)
-    for field in _UNIT_FIELDS:
-        unit = normalised.get(field)
-        if unit is not None:
-            normalised[field] = dictionary.canonical_unit(unit, field=f"payload.{field}")
-    return normalised
+    unit = normalised.get("unit")
+    if unit is not None:
+        normalised["unit"] = unit = dictionary.canonical_unit(unit, field="payload.unit")
+    measured = _MEASURED.get(event_type)
+    if measured is not None:
+        name_field, value_fields = measured
+        characteristic = dictionary.characteristic_of(str(normalised.get(name_field, "")))
+        if characteristic is not None:
+            if unit is not None and unit != characteristic.unit:
+                raise NormalisationError(
+                    f"payload.unit: {normalised[name_field]!r} is declared in "
+                    f"{characteristic.unit!r}, got {unit!r}; values are never compared across "
+                    "units"
+                )
+            for field in value_fields:
+                if normalised.get(field) is not None:
+                    normalised[field] = characteristic.quantise(Decimal(normalised[field]))
+    defect_field = _DEFECT_FIELD.get(event_type)
+    category = None
+    if defect_field is not None:
+        word = str(normalised.get(defect_field, ""))
+        where = f"payload.{defect_field}"
+        category = (
+            dictionary.defect_category_of(word, field=where)
+            if event_type == "nonconformance"
+            else dictionary.result_category(word, field=where)
+        )
+    return normalised, category
 
 
 def _event_id(value: uuid.UUID | str) -> str:

@@ -284,6 +284,7 @@ class TestRoundTrip:
                 "ingested_at": datetime(2026, 4, 2, 13, 6, 1, tzinfo=UTC),
             },
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "defect_category": "nonconforming_product",
         }
         subject = "quality.events.v1-value"
         assert codec.decode(codec.encode(subject, record), subject).record == record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -124,6 +125,70 @@ class TestDecode:
         first, second = stage.decode(message), stage.decode(message)
         assert isinstance(first, DeadLettered) and isinstance(second, DeadLettered)
         assert first.letter["dead_letter_id"] == second.letter["dead_letter_id"]
+
+
+class TestDataDictionary:
+    def test_three_systems_words_for_one_defect_share_a_category(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
+        """QMS 'defect', MES-sourced 'yield loss' and a LIMS OOS are one canonical category."""
+        records = _records(3000)
+        nc = next(r for r in records if r.topic == "qms.nonconformance.v1")
+        lab = next(r for r in records if r.topic == "lims.lab-result.v1")
+        categories = set()
+        for word in ("defect", "yield loss"):
+            nc.record["payload"]["defect_code"] = word
+            event = stage.decode(_message(codec, nc))
+            assert isinstance(event, dict)
+            categories.add(event["defect_category"])
+        lab.record["payload"]["result_status"] = "OOS"
+        event = stage.decode(_message(codec, lab))
+        assert isinstance(event, dict)
+        categories.add(event["defect_category"])
+        assert categories == {"nonconforming_product"}
+
+    def test_conforming_result_has_no_defect_category(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
+        """An accepted inspection is not a defect of any kind."""
+        inspection = next(r for r in _records(500) if r.topic == "mes.inspection-result.v1")
+        inspection.record["payload"]["result"] = "A"
+        event = stage.decode(_message(codec, inspection))
+        assert isinstance(event, dict) and event["defect_category"] is None
+
+    def test_unknown_defect_word_is_a_dead_letter(
+        self, stage: IngestStage, codec: AvroCodec
+    ) -> None:
+        """A defect word the dictionary lacks is rejected with the word named."""
+        nc = next(r for r in _records(3000) if r.topic == "qms.nonconformance.v1")
+        nc.record["payload"]["defect_code"] = "gremlins"
+        outcome = stage.decode(_message(codec, nc))
+        assert isinstance(outcome, DeadLettered) and "'gremlins'" in outcome.letter["reason"]
+
+    def test_values_take_the_declared_precision(self, stage: IngestStage, codec: AvroCodec) -> None:
+        """A pH of 7.435 is stored as 7.44: two decimals, rounded half-even."""
+        lab = next(
+            r
+            for r in _records(5000)
+            if r.topic == "lims.lab-result.v1" and r.record["payload"]["analyte"] == "pH"
+        )
+        lab.record["payload"]["result_value"] = Decimal("7.435")
+        event = stage.decode(_message(codec, lab))
+        assert isinstance(event, dict)
+        assert event["payload"][1]["result_value"] == Decimal("7.44")
+
+    def test_value_in_another_unit_is_rejected(self, stage: IngestStage, codec: AvroCodec) -> None:
+        """A temperature in Fahrenheit is not silently compared with Celsius limits."""
+        reading = next(
+            r
+            for r in _records(500)
+            if r.topic == "ems.environmental-reading.v1"
+            and r.record["payload"]["parameter"] == "temperature"
+        )
+        reading.record["payload"]["unit"] = "degF"
+        outcome = stage.decode(_message(codec, reading))
+        assert isinstance(outcome, DeadLettered)
+        assert "'Cel'" in outcome.letter["reason"] and "'[degF]'" in outcome.letter["reason"]
 
 
 class TestJudge:
