@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import click
 import psycopg
 
 from qmsflow import stack
-from qmsflow.demo.produce import ProduceReport, produce_demo
+from qmsflow.demo.produce import DemoPublisher, ProduceReport, produce_demo
+from qmsflow.demo.scenarios import Scenario, bad_supplier_lot
 from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
 
 _SUMMARY_EVERY = 2.0  # seconds between live summary lines
 _DRAIN_TIMEOUT = 120.0  # seconds to wait for the pipeline to catch up after the demo ends
+_LATE_LOTS = 3  # lots whose master record comes halfway: enough to watch parking, not a flood
+_LOT_RECORD_DELAY = 5.0  # seconds the scenario's lot record trails its events: 2+ summary lines
+_SCENARIO_WAIT = 60.0  # seconds the scenario waits to see its events parked / its lot held
+_SCENARIO_HISTORY = timedelta(hours=3)  # the scenario happened before the demo traffic starts
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,11 @@ def read_counts(settings: Settings) -> PipelineCounts:
     offsets = end_offsets(settings, [*ingest, canonical, dlq])
     processed = consumed_offsets(settings, settings.topic(settings.app_id), ingest)
     with psycopg.connect(settings.dsn) as conn:
+        # by lineage: other environments (integration tests' prefixes) may share the database
         rows, dead_rows = conn.execute(
-            "SELECT (SELECT count(*) FROM qms.quality_event),"
-            " (SELECT count(*) FROM qms.dead_letter)"
+            "SELECT (SELECT count(*) FROM qms.quality_event WHERE kafka_topic = %s),"
+            " (SELECT count(*) FROM qms.dead_letter WHERE kafka_topic = %s)",
+            (canonical, dlq),
         ).fetchone() or (0, 0)
     return PipelineCounts(
         sum(offsets.get(t, 0) for t in ingest),
@@ -110,8 +123,272 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
             process.wait()
 
 
+@dataclass(frozen=True)
+class StageCounts:
+    """What the quality stages wrote to Postgres since the run started (rows loaded since)."""
+
+    parked_now: int  # PARKED without a RELEASED or EXPIRED row yet
+    released: int
+    incidents_open: int
+    incidents_closed: int
+    alerts: int
+    suppressed: int  # alerts not raised by the members of incidents opened this run
+    on_hold: int  # lots whose current command is a HOLD
+    releases: int  # RELEASE commands
+    escalations: int
+
+    def render(self) -> str:
+        """One human line, to sit under `PipelineCounts.render()`."""
+        return (
+            f"  parked now {self.parked_now:>4} | released {self.released:>5} | incidents open "
+            f"{self.incidents_open:>4} closed {self.incidents_closed:>4} | alerts {self.alerts:>4}"
+            f" ({self.suppressed} suppressed) | lots on hold {self.on_hold:>4} | releases "
+            f"{self.releases:>3} | escalations {self.escalations:>3}"
+        )
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """The newest view of one incident, with the number of alerts it raised."""
+
+    incident_id: str
+    member_count: int
+    suppressed: int
+    source_systems: tuple[str, ...]
+    alerts: int
+
+
+@dataclass(frozen=True)
+class LotCommand:
+    """One quarantine command on a lot, as the sink stored it."""
+
+    action: str  # HOLD or RELEASE
+    source_record_id: str  # of the trigger event
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScenarioSnapshot:
+    """What Postgres holds about the scenario's lot at one moment."""
+
+    incident: IncidentView | None
+    commands: tuple[LotCommand, ...]
+
+    @property
+    def held(self) -> bool:
+        """A HOLD command on the lot exists (it may be released since)."""
+        return any(c.action == "HOLD" for c in self.commands)
+
+    @property
+    def release(self) -> LotCommand | None:
+        """The lot's RELEASE command, if any."""
+        return next((c for c in self.commands if c.action == "RELEASE"), None)
+
+
+@dataclass
+class ScenarioNarrator:
+    """Turns snapshots of the scenario's lot into narrative lines, each told once."""
+
+    lot_id: str
+    members: int  # events the scenario publishes about the lot
+    told: set[str] = field(default_factory=set)
+
+    def tell(self, snapshot: ScenarioSnapshot) -> list[str]:
+        """The lines this snapshot makes true that were not told before, incident first."""
+        lines: list[str] = []
+        incident = snapshot.incident
+        if (
+            "incident" not in self.told
+            and incident is not None
+            and incident.member_count >= self.members
+            and snapshot.held
+        ):
+            self.told.add("incident")
+            lines.append(
+                f"incident {incident.incident_id[:8]} lot:{self.lot_id}: {incident.member_count}"
+                f" events from {', '.join(incident.source_systems)} → {incident.alerts} alert"
+                f"{'' if incident.alerts == 1 else 's'}, {incident.suppressed} suppressed; "
+                f"lot {self.lot_id} on hold"
+            )
+        release = snapshot.release
+        if "release" not in self.told and "incident" in self.told and release is not None:
+            self.told.add("release")
+            lines.append(
+                f"lot {self.lot_id} released by {release.source_record_id} "
+                f"{disposition_of(release.reason)}"
+            )
+        return lines
+
+
+def disposition_of(reason: str) -> str:
+    """The disposition a RELEASE reason names ("use-as-is"), else the reason itself."""
+    found = re.search(r"disposition (\w+)", reason)
+    return found.group(1).replace("_", "-") if found else reason
+
+
+def unfinished(
+    counts: PipelineCounts, sent: ProduceReport, scenario_events: int, released: bool
+) -> list[str]:
+    """What the run still waits for; empty when every expected row is in Postgres."""
+    expected = len(sent.unique_event_ids) + scenario_events
+    missing = []
+    if counts.rows < expected:
+        missing.append(f"events {counts.rows}/{expected}")
+    if counts.dead_letter_rows < sent.corrupt:
+        missing.append(f"dead letters {counts.dead_letter_rows}/{sent.corrupt}")
+    if not released:
+        missing.append("the scenario's release")
+    return missing
+
+
+_Connection = psycopg.Connection[tuple[Any, ...]]
+
+#: the topic each stage table's rows come from: the database may hold other environments' rows
+_STAGE_TOPICS = {
+    "parked": "quality.parked.v1",
+    "incidents": "quality.incidents.v1",
+    "alerts": "quality.alerts.v1",
+    "commands": "inventory.quarantine-commands.v1",
+    "escalations": "capa.escalations.v1",
+}
+
+_STAGE_COUNTS_SQL = """
+SELECT
+  (SELECT count(*) FROM qms.parked_event p
+    WHERE p.status = 'PARKED' AND p.loaded_at >= %(since)s AND p.kafka_topic = %(parked)s
+      AND NOT EXISTS (SELECT 1 FROM qms.parked_event d
+        WHERE d.event_id = p.event_id AND d.status <> 'PARKED' AND d.kafka_topic = %(parked)s)),
+  (SELECT count(*) FROM qms.parked_event
+    WHERE status = 'RELEASED' AND loaded_at >= %(since)s AND kafka_topic = %(parked)s),
+  (SELECT count(*) FROM qms.incident
+    WHERE status = 'open' AND loaded_at >= %(since)s AND kafka_topic = %(incidents)s),
+  (SELECT count(*) FROM qms.incident
+    WHERE status = 'closed' AND loaded_at >= %(since)s AND kafka_topic = %(incidents)s),
+  (SELECT count(*) FROM qms.alert WHERE loaded_at >= %(since)s AND kafka_topic = %(alerts)s),
+  (SELECT coalesce(sum(i.suppressed_alerts), 0) FROM qms.incident i
+    JOIN qms.alert a ON a.incident_id = i.incident_id
+    WHERE a.loaded_at >= %(since)s AND a.kafka_topic = %(alerts)s),
+  (SELECT count(*) FROM qms.lot_hold_status h JOIN qms.quarantine_command c USING (command_id)
+    WHERE h.status = 'ON_HOLD' AND c.loaded_at >= %(since)s AND c.kafka_topic = %(commands)s),
+  (SELECT count(*) FROM qms.quarantine_command
+    WHERE action = 'RELEASE' AND loaded_at >= %(since)s AND kafka_topic = %(commands)s),
+  (SELECT count(*) FROM qms.escalation
+    WHERE loaded_at >= %(since)s AND kafka_topic = %(escalations)s)
+"""
+
+
+def database_now(settings: Settings) -> datetime:
+    """The database's clock: rows loaded at or after it are this run's."""
+    with psycopg.connect(settings.dsn) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    return row[0] if row else datetime.now(UTC)
+
+
+def read_stage_counts(conn: _Connection, settings: Settings, since: datetime) -> StageCounts:
+    """Rows this environment's quality stages added to the sink tables since `since`."""
+    topics = {role: settings.topic(name) for role, name in _STAGE_TOPICS.items()}
+    row = conn.execute(_STAGE_COUNTS_SQL, {"since": since, **topics}).fetchone()
+    return StageCounts(*(int(v) for v in row)) if row else StageCounts(0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def read_scenario(
+    conn: _Connection, settings: Settings, lot_id: str, since: datetime
+) -> ScenarioSnapshot:
+    """The scenario lot's newest incident of this run and its quarantine commands."""
+    row = conn.execute(
+        "SELECT i.incident_id::text, i.member_count, i.suppressed_alerts, i.source_systems,"
+        " (SELECT count(*) FROM qms.alert a WHERE a.incident_id = i.incident_id)"
+        " FROM qms.incident i WHERE i.root_cause_key = %s AND i.loaded_at >= %s"
+        " AND i.kafka_topic = %s ORDER BY i.ordinal DESC LIMIT 1",
+        (f"lot:{lot_id}", since, settings.topic(_STAGE_TOPICS["incidents"])),
+    ).fetchone()
+    incident = (
+        IncidentView(str(row[0]), int(row[1]), int(row[2]), tuple(row[3]), int(row[4]))
+        if row
+        else None
+    )
+    commands = tuple(
+        LotCommand(str(action), str(record), str(reason))
+        for action, record, reason in conn.execute(
+            "SELECT action, trigger_source_record_id, reason FROM qms.quarantine_command"
+            " WHERE lot_id = %s AND loaded_at >= %s AND kafka_topic = %s"
+            " ORDER BY issued_at, action",
+            (lot_id, since, settings.topic(_STAGE_TOPICS["commands"])),
+        )
+    )
+    return ScenarioSnapshot(incident, commands)
+
+
+class _ScenarioPlayer:
+    """Publishes the scenario during the demo traffic, in a thread; says what it did in `news`.
+
+    1. at a third of the run, the 40 events about a lot no master record names yet (they park);
+    2. `_LOT_RECORD_DELAY` later, once they are parked in Postgres, the lot's master record;
+    3. at two thirds of the run, once the lot is held, the use-as-is disposition.
+    Each wait gives up after `_SCENARIO_WAIT` seconds and goes on, so the run still finishes.
+    """
+
+    def __init__(self, settings: Settings, scenario: Scenario, since: datetime) -> None:
+        self.settings = settings
+        self.scenario = scenario
+        self.since = since
+        self.news: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.failure: BaseException | None = None
+
+    def play(self, started: float, duration: float) -> None:
+        """Run the three steps; a failure is kept in `failure` for the main loop to report."""
+        try:
+            self._play(started, duration)
+        except Exception as error:  # the main loop reports it; a thread cannot raise to it
+            self.failure = error
+
+    def _play(self, started: float, duration: float) -> None:
+        scenario = self.scenario
+        publisher = DemoPublisher(self.settings)
+        _sleep_until(started + duration / 3)
+        publisher.events(scenario.trouble)
+        systems = ", ".join(dict.fromkeys(r.record["source_system"] for r in scenario.trouble))
+        self.news.put(
+            f"== scenario: {len(scenario.trouble)} events about lot {scenario.lot_id} from "
+            f"{systems}; its master record is not published yet"
+        )
+        time.sleep(_LOT_RECORD_DELAY)
+        ids = [r.record["event_id"] for r in scenario.trouble]
+        self._wait(lambda conn: self._parked(conn, ids) >= len(ids))
+        publisher.master([scenario.lot_master])
+        self.news.put(f"== scenario: lot {scenario.lot_id} master record published (ERP)")
+        _sleep_until(started + 2 * duration / 3)
+        self._wait(
+            lambda conn: read_scenario(conn, self.settings, scenario.lot_id, self.since).held
+        )
+        publisher.events([scenario.disposition])
+        self.news.put(
+            f"== scenario: material review board dispositions {scenario.nonconformance_id} "
+            "use-as-is"
+        )
+
+    def _parked(self, conn: _Connection, ids: Sequence[str]) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM qms.parked_event WHERE status = 'PARKED'"
+            " AND event_id = ANY(%s::uuid[]) AND kafka_topic = %s",
+            (list(ids), self.settings.topic(_STAGE_TOPICS["parked"])),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _wait(self, done: Callable[[_Connection], bool]) -> None:
+        deadline = time.monotonic() + _SCENARIO_WAIT
+        with psycopg.connect(self.settings.dsn) as conn:
+            conn.autocommit = True  # each poll must see rows committed since the last
+            while not done(conn) and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
 def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[str], None]) -> None:
-    """Bring everything up, stream demo traffic through it, and narrate what happens."""
+    """Bring everything up, stream demo traffic and the scenario through it, and narrate."""
     from connectors.postgres_sink.migrations import migrate
 
     echo("== local stack")
@@ -120,29 +397,52 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
     create_topics(settings, load_catalog(), echo)
     migrate(settings.dsn, echo)
     before = read_counts(settings)
+    since = database_now(settings)
+    seed = int(time.time())  # fresh event ids, lots and record numbers on every run
+    scenario = bad_supplier_lot(
+        zlib.crc32(f"bad_supplier_lot:{seed}".encode()), datetime.now(UTC) - _SCENARIO_HISTORY
+    )
+    scenario_events = len(scenario.trouble) + 1  # the disposition is an event too
+    narrator = ScenarioNarrator(scenario.lot_id, len(scenario.trouble))
+    player = _ScenarioPlayer(settings, scenario, since)
     echo(f"== starting the stream worker and the sink (logs in {settings.stack_dir / 'logs'})")
     with ExitStack() as running:
         worker = start_process(settings, "worker", ["worker", "--loglevel", "warn"])
         running.callback(stop_process, worker)
         sink = start_process(settings, "sink", ["sink"])
         running.callback(stop_process, sink)
-        echo(f"== producing {count} demo records at {rate:.0f}/s (10% duplicates, 20 corrupt)")
-        report: list[ProduceReport] = []
-        producer = threading.Thread(
-            target=lambda: report.append(
-                produce_demo(
-                    settings,
-                    count=count,
-                    duplicate_rate=0.1,
-                    corrupt=20,
-                    rate=rate,
-                    seed=int(time.time()),
-                    echo=lambda _line: None,
-                )
-            ),
-            daemon=True,
+        echo(
+            f"== producing {count} demo records at {rate:.0f}/s (10% duplicates, 20 corrupt, "
+            f"{_LATE_LOTS} lots' master records late); bad supplier lot {scenario.lot_id} at a "
+            "third of the run, its disposition at two thirds"
         )
+        report: list[ProduceReport] = []
+        failures: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                report.append(
+                    produce_demo(
+                        settings,
+                        count=count,
+                        duplicate_rate=0.1,
+                        corrupt=20,
+                        rate=rate,
+                        seed=seed,
+                        late_lots=_LATE_LOTS,
+                        echo=lambda _line: None,
+                    )
+                )
+            except Exception as error:  # the main loop reports it; a thread cannot raise to it
+                failures.append(error)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        started = time.monotonic()
         producer.start()
+        playing = threading.Thread(
+            target=player.play, args=(started, count / rate if rate else 0.0), daemon=True
+        )
+        playing.start()
         drained_since: float | None = None
         while True:
             time.sleep(_SUMMARY_EVERY)
@@ -150,21 +450,42 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
                 if process.poll() is not None:
                     _tail(settings.stack_dir / "logs" / f"{name}.log", echo)
                     raise SystemExit(f"the {name} stopped unexpectedly (exit {process.returncode})")
-            now = read_counts(settings).minus(before)
+            if failures:
+                raise SystemExit(f"producing the demo traffic failed: {failures[0]}")
+            if player.failure is not None:
+                raise SystemExit(f"publishing the scenario failed: {player.failure}")
+            while not player.news.empty():
+                echo(player.news.get())
+            try:
+                now = read_counts(settings).minus(before)
+                with psycopg.connect(settings.dsn, autocommit=True) as conn:
+                    stages = read_stage_counts(conn, settings, since)
+                    snapshot = read_scenario(conn, settings, scenario.lot_id, since)
+            except psycopg.OperationalError as error:  # a restart elsewhere; the sink retries too
+                echo(f"  (Postgres unavailable, retrying: {str(error).splitlines()[0]})")
+                continue
             echo(now.render())
-            if producer.is_alive() or not report:
+            echo(stages.render())
+            for line in narrator.tell(snapshot):
+                echo(click.style(f">> {line}", fg="green", bold=True))
+            if producer.is_alive() or playing.is_alive() or not report:
                 continue
             sent = report[0]
-            expected = len(sent.unique_event_ids)
-            if now.rows >= expected and now.dead_letter_rows >= sent.corrupt:
+            missing = unfinished(now, sent, scenario_events, snapshot.release is not None)
+            if not missing:
                 echo(
-                    f"== done: {sent.sent + sent.corrupt} records in, {expected} unique events in "
-                    f"Postgres, {sent.duplicates} duplicates dropped, {sent.corrupt} dead letters"
+                    f"== done: {sent.sent + sent.corrupt + scenario_events} records in, "
+                    f"{len(sent.unique_event_ids) + scenario_events} unique events in Postgres, "
+                    f"{sent.duplicates} duplicates dropped, {sent.corrupt} dead letters, "
+                    f"lot {scenario.lot_id} held and released"
                 )
                 break
             drained_since = drained_since or time.monotonic()
             if time.monotonic() - drained_since > _DRAIN_TIMEOUT:
-                raise SystemExit(f"the pipeline did not drain within {_DRAIN_TIMEOUT:.0f} s")
+                raise SystemExit(
+                    f"the pipeline did not drain within {_DRAIN_TIMEOUT:.0f} s of the demo's end;"
+                    f" still missing: {', '.join(missing)} (logs in {settings.stack_dir / 'logs'})"
+                )
     echo("worker and sink stopped; the stack keeps running (`make stack-down` stops it)")
     echo(
         f"query the results: psql '{settings.dsn}' -c 'select event_type, count(*) "

@@ -21,6 +21,7 @@ from qmsflow.quality.ingest import CANONICAL_SUBJECT
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.outbox import Outbox
+from streams.processing import consume
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +115,12 @@ def register_correlate_agent(
         for state in closing:
             store(message.partition, state)
 
+    async def handle(message: Any) -> None:
+        if message.topic == ticks_topic:
+            await on_tick(message)
+        else:
+            await on_event(message)
+
     @app.agent(source, name="correlate", concurrency=1)
     async def correlate_agent(stream: faust.StreamT[Any]) -> None:
-        try:
-            async for event in stream.events():
-                if event.message.topic == ticks_topic:
-                    await on_tick(event.message)
-                else:
-                    await on_event(event.message)
-        except BaseException:
-            open_keys.clear()
-            raise
+        await consume(app, stream, handle, on_failure=open_keys.clear)

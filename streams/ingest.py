@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import faust
-from faust.types import EventT
 
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
@@ -22,6 +21,7 @@ from qmsflow.quality.ingest import (
 )
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
+from streams.processing import consume
 
 log = logging.getLogger(__name__)
 
@@ -73,55 +73,58 @@ def register_ingest_agent(
         # recovering worker never restores ids it would have forgotten anyway.
         extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": retention_ms},
     )
-    retention = RetentionQueue(settings.dedup_retention)
-    rebuilt = False
+    retention: list[RetentionQueue] = []  # built from the table on the first record
+
+    @app.on_partitions_revoked.connect
+    def forget_retention(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        retention.clear()  # partitions moved: rebuild from the recovered table
+
+    def expiry_queue() -> RetentionQueue:
+        if not retention:
+            queue = RetentionQueue(settings.dedup_retention)
+            for event_id, stored in seen_table.items():
+                queue.remember(event_id, SeenEvent(*stored))
+            retention.append(queue)
+        return retention[0]
+
+    async def handle(record: Any) -> None:
+        message = _raw_message(record)
+        outcome = stage.decode(message)
+        if isinstance(outcome, DeadLettered):
+            await _publish_dead_letter(dlq, codec, outcome.letter, message)
+            return
+        stored = seen_table.get(outcome["event_id"])
+        judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
+        if isinstance(judged, Duplicate):
+            return
+        if isinstance(judged, DeadLettered):
+            await _publish_dead_letter(dlq, codec, judged.letter, message)
+            return
+        try:
+            encoded = codec.encode(CANONICAL_SUBJECT, dict(outcome))
+        except ContractError as error:  # our canonical contract and model disagree: a bug
+            log.exception("canonical encode failed at %s", message.coordinates)
+            rejected = stage.reject(message, error, stage="ingest")
+            await _publish_dead_letter(dlq, codec, rejected.letter, message)
+            return
+        delivered = await canonical.send(
+            key=outcome["product_line"].encode("utf-8"),
+            value=encoded,
+            headers=_output_headers(message),
+        )
+        await delivered
+        seen_table[outcome["event_id"]] = list(judged.seen)
+        queue = expiry_queue()
+        queue.remember(outcome["event_id"], judged.seen)
+        for expired in queue.advance(message.partition, judged.seen.recorded_at_us):
+            seen_table.pop(expired, None)
 
     @app.agent(source, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
-        nonlocal rebuilt
-        async for event in stream.events():
-            if not rebuilt:
-                _rebuild_retention(seen_table, retention)
-                rebuilt = True
-            message = _raw_message(event)
-            outcome = stage.decode(message)
-            if isinstance(outcome, DeadLettered):
-                await _publish_dead_letter(dlq, codec, outcome.letter, message)
-                continue
-            stored = seen_table.get(outcome["event_id"])
-            judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
-            if isinstance(judged, Duplicate):
-                continue
-            if isinstance(judged, DeadLettered):
-                await _publish_dead_letter(dlq, codec, judged.letter, message)
-                continue
-            try:
-                encoded = codec.encode(CANONICAL_SUBJECT, dict(outcome))
-            except ContractError as error:  # our canonical contract and model disagree: a bug
-                log.exception("canonical encode failed at %s", message.coordinates)
-                rejected = stage.reject(message, error, stage="ingest")
-                await _publish_dead_letter(dlq, codec, rejected.letter, message)
-                continue
-            delivered = await canonical.send(
-                key=outcome["product_line"].encode("utf-8"),
-                value=encoded,
-                headers=_output_headers(message),
-            )
-            await delivered
-            seen_table[outcome["event_id"]] = list(judged.seen)
-            retention.remember(outcome["event_id"], judged.seen)
-            for expired in retention.advance(message.partition, judged.seen.recorded_at_us):
-                seen_table.pop(expired, None)
+        await consume(app, stream, handle)
 
 
-def _rebuild_retention(seen_table: Any, retention: RetentionQueue) -> None:
-    """After a start or rebalance the in-memory expiry queue is refilled from the table."""
-    for event_id, stored in seen_table.items():
-        retention.remember(event_id, SeenEvent(*stored))
-
-
-def _raw_message(event: EventT[Any]) -> RawMessage:
-    msg = event.message
+def _raw_message(msg: Any) -> RawMessage:
     return RawMessage(
         topic=msg.topic,
         partition=msg.partition,

@@ -51,6 +51,7 @@ from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.master_data import MasterDataFeed
 from streams.outbox import Outbox
+from streams.processing import consume
 
 log = logging.getLogger(__name__)
 
@@ -301,18 +302,17 @@ def register_quality_agent(
         await outbox.deliver()
         writes.apply()
 
+    async def handle(message: Any) -> None:
+        if message.topic == ticks_topic:
+            await on_tick(message)
+        else:
+            await on_event(message)
+
     @app.agent(source, name="quality", concurrency=1)
     async def quality(stream: faust.StreamT[Any]) -> None:
         await feed.ready.wait()
-        try:
-            async for event in stream.events():
-                if event.message.topic == ticks_topic:
-                    await on_tick(event.message)
-                else:
-                    await on_event(event.message)
-        except BaseException:
-            memory.clear()  # in-memory indexes may be ahead of the tables: rebuild on restart
-            raise
+        # on failure the in-memory indexes may be ahead of the tables: rebuild them
+        await consume(app, stream, handle, on_failure=memory.clear)
 
 
 def _parked_args(record: ParkedRecord) -> tuple[QualityEvent, Any, datetime]:

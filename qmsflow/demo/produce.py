@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -92,6 +92,27 @@ def produce_demo(
     if remaining:
         raise RuntimeError(f"{remaining} demo records not acknowledged by the broker in 60 s")
     return report
+
+
+class DemoPublisher:
+    """Publish chosen records and master messages (a scripted scenario), waiting for acks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._codec = AvroCodec(open_registry(settings))
+        self._producer = create_producer(settings)
+        self.report = ProduceReport()
+
+    def master(self, messages: list[MasterMessage]) -> None:
+        """Publish master records, keyed by entity id."""
+        _publish_master(self._producer, self._settings, self._codec, messages)
+
+    def events(self, records: Iterable[DemoRecord]) -> None:
+        """Publish ingest records, counted in `report`."""
+        for record in records:
+            _send(self._producer, self._settings, self._codec, record, self.report)
+        if self._producer.flush(60):
+            raise RuntimeError("scenario records not acknowledged by the broker in 60 s")
 
 
 def _publish_master(

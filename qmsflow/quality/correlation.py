@@ -80,12 +80,31 @@ class RootCause(BaseModel):
         return str(found) if found not in (None, "") else None
 
 
+Signal = Literal["always", "severity", "defect"]
+
+
 class EventTypeRule(BaseModel):
-    """The root causes of one event type, in priority order."""
+    """The root causes of one event type, in priority order, and when an event is a signal.
+
+    Only problems correlate: a passing lab result or a reading within limits shares a lot or a
+    room with the failures, but is no evidence of their cause. `signals` says what makes an event
+    of this type a problem: any event (`always`), one with a canonical severity (`severity`:
+    excursions, failed calibrations) or one with a defect category (`defect`: rejects, OOS).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     root_causes: tuple[str, ...] = Field(min_length=1)
+    signals: tuple[Signal, ...] = ("always",)
+
+    def is_signal(self, event: QualityEvent) -> bool:
+        """Whether this event is evidence of a problem under the rule."""
+        return any(
+            signal == "always"
+            or (signal == "severity" and event["severity"] is not None)
+            or (signal == "defect" and event.get("defect_category") is not None)
+            for signal in self.signals
+        )
 
 
 class SeverityThresholds(BaseModel):
@@ -160,7 +179,7 @@ class CorrelationRules(BaseModel):
     def root_cause_keys(self, event: QualityEvent) -> tuple[str, ...]:
         """Every root-cause key the event carries, in rule priority; empty when no rule matches."""
         rule = self.event_type.get(event["event_type"])
-        if rule is None:
+        if rule is None or not rule.is_signal(event):
             return ()
         keys = []
         for kind in rule.root_causes:

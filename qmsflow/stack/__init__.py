@@ -1,8 +1,10 @@
-"""The local development stack: one Kafka broker and one Postgres server, run without Docker.
+"""The local development stack: a Kafka broker, a Postgres server and a Kafka Connect worker.
 
-`up` starts whatever is not configured externally (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`)
-and leaves it running; both servers keep their data in `settings.stack_dir` between runs.
-Calling `up` again is a no-op once both answer.
+Run without Docker. `up` starts whatever is not configured externally
+(`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `KAFKA_CONNECT_URL`) and leaves it running, in this
+order: broker, Postgres (with the demo CDC source database `erp`), then Connect, whose state
+lives in the broker. The servers keep their data in `settings.stack_dir` between runs; calling
+`up` again is a no-op once all answer. `down` stops them in the reverse order.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from qmsflow.settings import Settings
+from qmsflow.stack.connect import CONNECT_URL_ENV, LocalConnect, connect_url
 from qmsflow.stack.kafka import LocalKafka
 from qmsflow.stack.postgres import LocalPostgres
 from qmsflow.stack.process import Echo, echo_stdout
 
-__all__ = ["Echo", "LocalKafka", "LocalPostgres", "down", "status", "up"]
+__all__ = ["Echo", "LocalConnect", "LocalKafka", "LocalPostgres", "down", "status", "up"]
 
 
 def up(settings: Settings, echo: Echo = echo_stdout) -> None:
@@ -27,10 +30,17 @@ def up(settings: Settings, echo: Echo = echo_stdout) -> None:
         LocalPostgres(settings).up(echo)
     else:
         echo("Postgres: using DATABASE_URL")
+    external_connect = connect_url()
+    if external_connect is None:
+        LocalConnect(settings).up(echo)
+    else:
+        echo(f"Kafka Connect: using {CONNECT_URL_ENV}={external_connect}")
 
 
 def down(settings: Settings, echo: Echo = echo_stdout) -> None:
     """Stop the local servers; data stays in `settings.stack_dir` for the next `up`."""
+    if connect_url() is None:
+        LocalConnect(settings).down(echo)
     if settings.kafka_bootstrap_servers is None:
         LocalKafka(settings).down(echo)
     if settings.database_url is None:
@@ -38,7 +48,10 @@ def down(settings: Settings, echo: Echo = echo_stdout) -> None:
 
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
-    """State of each server: `{"kafka": {...}, "postgres": {...}}`, "external" when configured."""
+    """State of each server: `{"kafka": {…}, "postgres": {…}, "connect": {…}}`.
+
+    A server configured externally reports the state "external".
+    """
     kafka: dict[str, Any] = (
         {"state": "external", "bootstrap_servers": settings.kafka_bootstrap_servers}
         if settings.kafka_bootstrap_servers is not None
@@ -49,4 +62,10 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
         if settings.database_url is not None
         else LocalPostgres(settings).status()
     )
-    return {"kafka": kafka, "postgres": postgres}
+    external_connect = connect_url()
+    connect: dict[str, Any] = (
+        {"state": "external", "url": external_connect}
+        if external_connect is not None
+        else LocalConnect(settings).status()
+    )
+    return {"kafka": kafka, "postgres": postgres, "connect": connect}

@@ -8,6 +8,11 @@ root, because the server refuses to run as root):
     server.log          the server's log
 
 Authentication is `trust` on loopback only: a development stack, not a deployment.
+
+The server runs with `wal_level = logical` for Debezium, and holds a second database, `erp`:
+the demo source of CDC (ERP, PLM, HR and CMMS tables from `connectors/debezium/erp_schema.sql`,
+seeded from `erp_seed.sql`, published as `qmsflow_cdc`), read by the replication role
+`qmsflow_cdc`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qmsflow.errors import StackError
-from qmsflow.settings import Settings
+from qmsflow.settings import PROJECT_ROOT, Settings
 from qmsflow.stack.process import Echo, echo_stdout, exclusive, tail
 
 #: where Debian and Ubuntu install server binaries, one folder per major version
@@ -35,6 +40,29 @@ OS_USER = "postgres"
 #: the application's role and database, as in `Settings.dsn`
 APP_ROLE = "qmsflow"
 APP_DATABASE = "qmsflow"
+
+#: the demo CDC source database (owned by APP_ROLE) and the role Debezium connects as; the
+#: password only matters where pg_hba asks for one (the local stack trusts loopback)
+ERP_DATABASE = "erp"
+CDC_ROLE = "qmsflow_cdc"
+CDC_PASSWORD = "qmsflow_cdc"
+
+#: the demo source's schema and seed rows, both idempotent, applied on every `up`
+ERP_SQL = PROJECT_ROOT / "connectors" / "debezium"
+ERP_SCHEMA = ERP_SQL / "erp_schema.sql"
+ERP_SEED = ERP_SQL / "erp_seed.sql"
+
+#: the server settings qmsflow.conf carries (`port` and the listeners come from the settings)
+REPLICATION_SETTINGS = {
+    # Debezium decodes the WAL with pgoutput, which needs logical decoding
+    "wal_level": "logical",
+    # one slot per connector and per CDC integration test (dropped at teardown); 20 leaves
+    # room for a few leaked by interrupted test runs
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+    # a leaked, inactive slot would otherwise keep every WAL segment from its LSN on forever
+    "max_slot_wal_keep_size": "'1GB'",
+}
 
 #: the programs a server folder must hold to be usable
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
@@ -165,6 +193,7 @@ class LocalPostgres:
         self._write_conf()
         if self._running(bin_dir):
             echo(f"Postgres already running on 127.0.0.1:{self.settings.postgres_port}")
+            self._restart_for_replication(bin_dir, echo)
         else:
             echo(
                 f"Starting Postgres on 127.0.0.1:{self.settings.postgres_port} (log: {self.log}) …"
@@ -259,9 +288,50 @@ class LocalPostgres:
             f"port = {self.settings.postgres_port}\n"
             "listen_addresses = '127.0.0.1'\n"
             f"unix_socket_directories = '{self.socket_dir}'\n"
+            + "".join(f"{key} = {value}\n" for key, value in REPLICATION_SETTINGS.items())
         )
         conf.chmod(0o600)
         self._give_to_server(conf)
+
+    def _restart_for_replication(self, bin_dir: Path, echo: Echo) -> None:
+        """Restart a running server once when its wal_level is not the configured one.
+
+        wal_level is read only at server start; a cluster started before logical replication
+        was configured (or by an older qmsflow) needs one restart, later `up`s none.
+        """
+        import psycopg
+
+        wanted = REPLICATION_SETTINGS["wal_level"]
+        try:
+            with psycopg.connect(self._superuser_conninfo(), connect_timeout=10) as connection:
+                row = connection.execute("show wal_level").fetchone()
+        except psycopg.Error as exc:
+            raise StackError(
+                f"expected to read wal_level from Postgres on 127.0.0.1:"
+                f"{self.settings.postgres_port} as postgres, but: {exc}"
+            ) from exc
+        running = row[0] if row else None
+        if running == wanted:
+            return
+        echo(f"  restarting Postgres: wal_level is {running}, logical decoding needs {wanted} …")
+        started = time.monotonic()
+        self._run_as_server(
+            bin_dir / "pg_ctl",
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log),
+        )
+        echo(f"  Postgres restarted in {time.monotonic() - started:.0f} s")
+
+    def _superuser_conninfo(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.settings.postgres_port} user=postgres dbname={dbname}"
 
     def _give_to_server(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -298,9 +368,7 @@ class LocalPostgres:
         import psycopg
         from psycopg import sql
 
-        conninfo = (
-            f"host=127.0.0.1 port={self.settings.postgres_port} user=postgres dbname=postgres"
-        )
+        conninfo = self._superuser_conninfo()
         try:
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as connection:
                 role = connection.execute(
@@ -321,11 +389,55 @@ class LocalPostgres:
                         )
                     )
                     echo(f"  created database {APP_DATABASE}")
+                self._ensure_cdc_source(connection, echo)
         except psycopg.Error as exc:
             raise StackError(
                 f"expected to reach Postgres as postgres at 127.0.0.1:"
                 f"{self.settings.postgres_port} to create {APP_ROLE}, but: {exc}"
             ) from exc
+
+    def _ensure_cdc_source(self, connection: Any, echo: Echo) -> None:
+        """Create the replication role and the `erp` database; apply its schema and seed rows.
+
+        The schema runs as the owner APP_ROLE (so the tables and the publication are its),
+        after the role, which the schema grants SELECT to; the seed only fills empty tables.
+        """
+        import psycopg
+        from psycopg import sql
+
+        if connection.execute("select 1 from pg_roles where rolname = %s", (CDC_ROLE,)).fetchone():
+            connection.execute(
+                sql.SQL("alter role {} with login replication password {}").format(
+                    sql.Identifier(CDC_ROLE), sql.Literal(CDC_PASSWORD)
+                )
+            )
+        else:
+            connection.execute(
+                sql.SQL("create role {} with login replication password {}").format(
+                    sql.Identifier(CDC_ROLE), sql.Literal(CDC_PASSWORD)
+                )
+            )
+            echo(f"  created replication role {CDC_ROLE}")
+        database = connection.execute(
+            "select 1 from pg_database where datname = %s", (ERP_DATABASE,)
+        ).fetchone()
+        if database is None:
+            connection.execute(
+                sql.SQL("create database {} owner {} encoding 'UTF8'").format(
+                    sql.Identifier(ERP_DATABASE), sql.Identifier(APP_ROLE)
+                )
+            )
+            echo(f"  created database {ERP_DATABASE} (the demo CDC source)")
+        owner = (
+            f"host=127.0.0.1 port={self.settings.postgres_port} user={APP_ROLE} "
+            f"dbname={ERP_DATABASE}"
+        )
+        with psycopg.connect(owner, connect_timeout=10) as erp:
+            erp.execute(ERP_SCHEMA.read_text(encoding="utf-8"))
+            seeded = erp.execute("select exists (select 1 from supplier)").fetchone()
+            if seeded is not None and not seeded[0]:
+                erp.execute(ERP_SEED.read_text(encoding="utf-8"))
+                echo(f"  seeded database {ERP_DATABASE} with the demo plant's master data")
 
 
 __all__ = ["LocalPostgres", "find_bin_dir", "order_bin_dirs"]

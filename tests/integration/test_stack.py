@@ -90,12 +90,12 @@ class TestLocalStack:
         assert all("already running" in line for line in lines), lines
         assert rows == [("L-42",)]
 
-    def test_status_reports_both_running(self, stack_settings: Settings) -> None:
-        """After `up`, status reports the broker and the database as running."""
+    def test_status_reports_all_running(self, stack_settings: Settings) -> None:
+        """After `up`, status reports the broker, the database and Kafka Connect as running."""
         if stack_settings.kafka_bootstrap_servers or stack_settings.database_url:
             pytest.skip("KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL set: no local stack to test")
         stack.up(stack_settings, echo=lambda _: None)
 
         states = {server: state["state"] for server, state in stack.status(stack_settings).items()}
 
-        assert states == {"kafka": "running", "postgres": "running"}
+        assert states == {"kafka": "running", "postgres": "running", "connect": "running"}

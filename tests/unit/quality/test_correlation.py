@@ -62,8 +62,9 @@ def _event(
     product_line: str = "INFUSION",
     site: str = "BOS1",
     payload: dict[str, Any] | None = None,
+    defect_category: str | None = "nonconforming_product",
 ) -> QualityEvent:
-    """A canonical event; its id derives from `n`, so tests are repeatable."""
+    """A canonical event (a failing one: it has a defect category); its id derives from `n`."""
     return QualityEvent(
         event_id=str(uuid.uuid5(_EVENT_IDS, str(n))),
         event_type=event_type,
@@ -95,6 +96,7 @@ def _event(
             "ingested_at": at + timedelta(seconds=10),
         },
         trace_id=None,
+        defect_category=defect_category,
         payload=(
             PAYLOAD_RECORD[event_type],
             {"title": f"defect {n}"} if payload is None else payload,
@@ -148,9 +150,22 @@ class TestRootCause:
     def test_payload_fields_can_be_root_causes(self, rules: CorrelationRules) -> None:
         """An environmental reading correlates on its payload location, then its equipment."""
         reading = _event(
-            "environmental_reading", equipment_id="EQ-7", payload={"location_id": "CR-2"}
+            "environmental_reading",
+            equipment_id="EQ-7",
+            severity="major",
+            payload={"location_id": "CR-2"},
         )
         assert rules.root_cause_keys(reading) == ("location:CR-2", "equipment:EQ-7")
+
+    def test_conforming_results_and_normal_readings_do_not_correlate(
+        self, rules: CorrelationRules
+    ) -> None:
+        """A passing lab result or a reading within limits is no evidence: no root cause."""
+        passing = _event("lab_result", defect_category=None)
+        normal = _event("environmental_reading", severity=None, payload={"location_id": "CR-2"})
+        assert rules.root_cause_keys(passing) == ()
+        assert rules.root_cause_keys(normal) == ()
+        assert correlate(None, passing, rules).outcome == "uncorrelated"
 
     @pytest.mark.parametrize("event_type", ["capa", "deviation", "audit_finding", "recall"])
     def test_event_types_without_a_rule_yield_nothing(

@@ -1,0 +1,1 @@
+"""Debezium source connectors: configs shared by the local stack and Helm, and registration."""

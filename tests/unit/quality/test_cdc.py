@@ -1,0 +1,157 @@
+"""Debezium change envelopes (JsonConverter, schemas.enable=false) parsed into ChangeEvents."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from qmsflow.errors import ContractError
+from qmsflow.quality.cdc import (
+    UNAVAILABLE_VALUE,
+    ChangeEvent,
+    Position,
+    Tombstone,
+    merge_after,
+    parse_change,
+    position,
+)
+
+TOPIC = "cdc.erp.public.supplier"
+KEY = json.dumps({"supplier_id": "S-1"})
+ROW = {"supplier_id": "S-1", "name": "Acme GmbH", "country_code": "DE", "notes": "long text"}
+
+
+def _value(op: str, **overrides: Any) -> str:
+    envelope: dict[str, Any] = {
+        "before": None,
+        "after": ROW,
+        "op": op,
+        "source": {
+            "version": "2.7.0.Final",
+            "connector": "postgresql",
+            "name": "cdc.erp",
+            "ts_ms": 1_767_225_600_000,
+            "snapshot": "false",
+            "db": "erp",
+            "schema": "public",
+            "table": "supplier",
+            "txId": 771,
+            "lsn": 24_023_128,
+        },
+        "ts_ms": 1_767_225_600_250,
+    }
+    source = overrides.pop("source", {})
+    envelope["source"].update(source)
+    envelope.update(overrides)
+    return json.dumps(envelope)
+
+
+def _parse(value: str | None, key: str | None = KEY, offset: int = 7) -> ChangeEvent:
+    change = parse_change(TOPIC, 2, offset, key, value)
+    assert isinstance(change, ChangeEvent)
+    return change
+
+
+class TestEnvelopes:
+    def test_create(self) -> None:
+        """A create carries the row, its key, LSN, source time and Kafka coordinates."""
+        change = _parse(_value("c"))
+        assert change.op == "c"
+        assert change.source_system == "ERP"
+        assert (change.db, change.schema, change.table) == ("erp", "public", "supplier")
+        assert change.key == {"supplier_id": "S-1"}
+        assert change.after == ROW and change.before is None
+        assert (change.lsn, change.tx_id, change.ts_ms) == (24_023_128, 771, 1_767_225_600_000)
+        assert change.processed_ts_ms == 1_767_225_600_250
+        assert change.snapshot == "false"
+        assert tuple(change.coordinates) == (TOPIC, 2, 7)
+
+    def test_update(self) -> None:
+        """An update with only key columns in `before` (no REPLICA IDENTITY FULL) is accepted."""
+        change = _parse(_value("u", before={"supplier_id": "S-1"}))
+        assert change.op == "u" and change.before == {"supplier_id": "S-1"}
+
+    def test_delete(self) -> None:
+        """A delete carries the key columns in `before` and no `after`."""
+        change = _parse(_value("d", before={"supplier_id": "S-1"}, after=None))
+        assert change.is_delete and change.after is None
+
+    def test_snapshot_read(self) -> None:
+        """A snapshot read is op r with its snapshot flag."""
+        change = _parse(_value("r", source={"snapshot": "last"}))
+        assert change.op == "r" and change.snapshot == "last"
+
+    def test_incremental_snapshot_has_no_lsn(self) -> None:
+        """An incremental-snapshot row has no LSN and orders by its offset."""
+        change = _parse(_value("r", source={"snapshot": "incremental", "lsn": None}), offset=40)
+        assert change.is_incremental_snapshot
+        assert position(change) == Position(None, 40)
+
+    def test_tombstone(self) -> None:
+        """A null value after a delete is a Tombstone with the key, not a change."""
+        tombstone = parse_change(TOPIC, 2, 9, KEY, None)
+        assert tombstone == Tombstone("ERP", "supplier", {"supplier_id": "S-1"}, TOPIC, 2, 9)
+
+    def test_schema_wrapped_value_is_unwrapped(self) -> None:
+        """A value written with schemas.enable=true is unwrapped from its payload."""
+        wrapped = json.dumps({"schema": {}, "payload": json.loads(_value("c"))})
+        assert _parse(wrapped).after == ROW
+
+    def test_source_system_from_prefixed_topic(self) -> None:
+        """The source system is the last segment of the topic prefix."""
+        change = parse_change("dev-cdc.cmms.public.supplier", 0, 1, KEY, _value("c"))
+        assert isinstance(change, ChangeEvent) and change.source_system == "CMMS"
+
+    def test_position_is_lsn_then_offset(self) -> None:
+        """A streamed change orders by LSN first, then offset."""
+        assert position(_parse(_value("c"))) == Position(24_023_128, 7)
+
+
+class TestMalformed:
+    @pytest.mark.parametrize(
+        ("key", "value", "expected"),
+        [
+            (KEY, "{not json", "value expected JSON"),
+            (KEY, "[1, 2]", "value expected a JSON object"),
+            (KEY, _value("x"), "op in"),
+            (KEY, json.dumps({"op": "c", "after": ROW}), "source expected a JSON object"),
+            (KEY, _value("c", after=None), "expected an 'after' row"),
+            (KEY, _value("d", after=None), "expected a 'before' row"),
+            (KEY, _value("c", source={"lsn": "24023128"}), "lsn expected an integer"),
+            (KEY, _value("c", source={"ts_ms": None}), "ts_ms expected an integer"),
+            (KEY, _value("c", source={"table": ""}), "source.table expected text"),
+            (KEY, _value("c", source={"snapshot": "maybe"}), "source.snapshot"),
+            (None, _value("c"), "expected a key object"),
+            (None, None, "expected a key on a tombstone"),
+        ],
+    )
+    def test_malformed_envelope_is_a_contract_error(
+        self, key: str | None, value: str | None, expected: str
+    ) -> None:
+        """A malformed key or envelope raises ContractError naming where and what."""
+        with pytest.raises(ContractError, match=expected) as raised:
+            parse_change(TOPIC, 2, 7, key, value)
+        assert f"{TOPIC}[2]@7" in str(raised.value)
+
+
+class TestToast:
+    def test_placeholder_keeps_stored_value(self) -> None:
+        """An unavailable TOASTed column keeps the stored value; other columns change."""
+        stored = {"name": "Acme", "notes": "long text"}
+        after = {"name": "Acme GmbH", "notes": UNAVAILABLE_VALUE}
+        assert merge_after(stored, after) == {"name": "Acme GmbH", "notes": "long text"}
+
+    def test_placeholder_without_stored_value_is_left_out(self) -> None:
+        """A placeholder never becomes data, even when nothing is stored."""
+        assert merge_after(None, {"name": "Acme", "notes": UNAVAILABLE_VALUE}) == {"name": "Acme"}
+
+    def test_array_and_binary_placeholders(self) -> None:
+        """Array columns and base64 bytea columns carry the placeholder too."""
+        stored = {"roles": ["qa"], "blob": "AAE="}
+        after = {
+            "roles": [UNAVAILABLE_VALUE],
+            "blob": "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==",
+        }
+        assert merge_after(stored, after) == stored
