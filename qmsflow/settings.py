@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         description="SCHEMA_REGISTRY_URL: a Confluent-compatible registry; unset = the "
         "file-backed registry with ids pinned in schemas/avro/registry.lock.json.",
     )
+    kafka_connect_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_CONNECT_URL", "QMSFLOW_KAFKA_CONNECT_URL"),
+        description="KAFKA_CONNECT_URL: Kafka Connect REST URL running Debezium; unset = the "
+        "local stack's worker on 127.0.0.1:18083.",
+    )
     topic_prefix: str = Field(
         default="",
         description="QMSFLOW_TOPIC_PREFIX: prepended to every topic and consumer group, so "

@@ -30,7 +30,7 @@ def up(settings: Settings, echo: Echo = echo_stdout) -> None:
         LocalPostgres(settings).up(echo)
     else:
         echo("Postgres: using DATABASE_URL")
-    external_connect = connect_url()
+    external_connect = connect_url(settings)
     if external_connect is None:
         LocalConnect(settings).up(echo)
     else:
@@ -39,7 +39,7 @@ def up(settings: Settings, echo: Echo = echo_stdout) -> None:
 
 def down(settings: Settings, echo: Echo = echo_stdout) -> None:
     """Stop the local servers; data stays in `settings.stack_dir` for the next `up`."""
-    if connect_url() is None:
+    if connect_url(settings) is None:
         LocalConnect(settings).down(echo)
     if settings.kafka_bootstrap_servers is None:
         LocalKafka(settings).down(echo)
@@ -62,7 +62,7 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
         if settings.database_url is not None
         else LocalPostgres(settings).status()
     )
-    external_connect = connect_url()
+    external_connect = connect_url(settings)
     connect: dict[str, Any] = (
         {"state": "external", "url": external_connect}
         if external_connect is not None

@@ -30,7 +30,6 @@ import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +82,9 @@ LOG_TAIL_LINES = 30
 _DETACHED: list[subprocess.Popen[bytes]] = []
 
 
-def connect_url(environ: Mapping[str, str] = os.environ) -> str | None:
+def connect_url(settings: Settings) -> str | None:
     """The external Connect REST URL from KAFKA_CONNECT_URL, or None for the local worker."""
-    url = environ.get(CONNECT_URL_ENV, "").strip()
+    url = (settings.kafka_connect_url or "").strip()
     return url.rstrip("/") or None
 
 

@@ -34,7 +34,7 @@ def kafka_connect(
     kafka_bootstrap: str, postgres_dsn: str, stack_settings: Settings, pytestconfig: pytest.Config
 ) -> Iterator[str]:
     """The Connect REST URL: KAFKA_CONNECT_URL, else the local worker, started if needed."""
-    external = connect_url()
+    external = connect_url(stack_settings)
     if external is not None:
         yield external
         return

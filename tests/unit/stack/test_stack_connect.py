@@ -77,12 +77,14 @@ class TestWorkerProperties:
 class TestConnectUrl:
     def test_unset_means_local(self) -> None:
         """Without KAFKA_CONNECT_URL (or with it blank) the local worker is used."""
-        assert connect_url({}) is None
-        assert connect_url({"KAFKA_CONNECT_URL": "  "}) is None
+        assert connect_url(Settings()) is None
+        assert connect_url(Settings(kafka_connect_url="  ")) is None
 
     def test_external_url_without_trailing_slash(self) -> None:
         """A configured URL is used as given, minus a trailing slash."""
-        assert connect_url({"KAFKA_CONNECT_URL": "http://connect:8083/"}) == "http://connect:8083"
+        assert (
+            connect_url(Settings(kafka_connect_url="http://connect:8083/")) == "http://connect:8083"
+        )
 
 
 class TestReadiness:
