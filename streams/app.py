@@ -18,6 +18,7 @@ from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
 from streams.correlate import register_correlate_agent
+from streams.golden_records import register_golden_record_agent
 from streams.ingest import register_ingest_agent
 from streams.master_data import MasterDataFeed
 from streams.quality import register_quality_agent
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> faust.App:
 
     register_quality_agent(app, settings, codec, feed, catalog)
     register_correlate_agent(app, settings, codec, catalog)
+    register_golden_record_agent(app, settings, codec)
     register_ticks(app, settings, codec)
     return app
 

@@ -18,11 +18,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
+from qmsflow.quality.golden_record import EmployeeGolden
 from qmsflow.quality.master_data import MASTER_TOPICS, MasterDataIndex, master_record
 from qmsflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EMPLOYEE_TOPIC = "md.employee.v1"
 _BATCH = 1000  # records per poll; master data is small, catch-up is a few polls
 _POLL_SECONDS = 0.5
 
@@ -32,11 +34,16 @@ class MasterDataFeed:
 
     def __init__(self, settings: Settings, codec: AvroCodec) -> None:
         self.index = MasterDataIndex()
+        #: employees for signature checks (md.employee.v1), by employee id
+        self.employees: dict[str, EmployeeGolden] = {}
         self.ready = asyncio.Event()
         self.applied = 0
         self._settings = settings
         self._codec = codec
-        self._kinds = {settings.topic(topic): kind for kind, topic in MASTER_TOPICS.items()}
+        self._kinds: dict[str, str] = {
+            settings.topic(topic): kind for kind, topic in MASTER_TOPICS.items()
+        }
+        self._kinds[settings.topic(EMPLOYEE_TOPIC)] = "employee"
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Consume until `stopping()`; blocking polls run in the default executor."""
@@ -92,6 +99,9 @@ class MasterDataFeed:
         kind = self._kinds[topic]
         entity_id = (message.key() or b"").decode("utf-8")
         value = message.value()
+        if kind == "employee":
+            self._apply_employee(topic, entity_id, value, message)
+            return
         try:
             datum = (
                 None
@@ -105,6 +115,28 @@ class MasterDataFeed:
             # Master data is ours (CDC output); a bad record is logged, never guessed at.
             log.error(
                 "master-data record %s[%s]@%s rejected: %s",
+                topic,
+                message.partition(),
+                message.offset(),
+                error,
+            )
+            return
+        self.applied += 1
+
+    def _apply_employee(
+        self, topic: str, employee_id: str, value: bytes | None, message: Message
+    ) -> None:
+        if value is None:
+            self.employees.pop(employee_id, None)
+            return
+        subject = f"{topic.removeprefix(self._settings.topic_prefix)}-value"
+        try:
+            self.employees[employee_id] = EmployeeGolden.from_avro(
+                self._codec.decode(value, subject).record
+            )
+        except (ContractError, KeyError, ValueError) as error:
+            log.error(
+                "employee record %s[%s]@%s rejected: %s",
                 topic,
                 message.partition(),
                 message.offset(),

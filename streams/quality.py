@@ -47,6 +47,11 @@ from qmsflow.quality.quarantine import (
     load_quarantine_rules,
     lots_touched,
 )
+from qmsflow.quality.signature import (
+    check_signature,
+    load_signature_rules,
+    signature_check_record,
+)
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.master_data import MasterDataFeed
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 COMMAND_SUBJECT = "inventory.quarantine-commands.v1-value"
 ESCALATION_SUBJECT = "capa.escalations.v1-value"
 TICK_SUBJECT = "quality.ticks.v1-value"
+SIGNATURE_SUBJECT = "quality.signature-checks.v1-value"
 
 #: the partition watermark is persisted only when it moved this far: one changelog write per
 #: event would double the agent's writes, and a slightly old watermark after a restart only
@@ -127,6 +133,7 @@ def register_quality_agent(
     correlation_out = raw_topic("quality.correlation.v1")
     commands_out = raw_topic("inventory.quarantine-commands.v1")
     escalations_out = raw_topic("capa.escalations.v1")
+    signatures_out = raw_topic("quality.signature-checks.v1")
     dlq = raw_topic("quality.dlq.v1")
 
     def table(name: str) -> Any:
@@ -141,6 +148,7 @@ def register_quality_agent(
     quarantine_rules = load_quarantine_rules()
     escalation_rules = load_escalation_rules()
     correlation_rules = load_correlation_rules()
+    signature_rules = load_signature_rules()
     deadline = integrity_rules.parking_deadline
     memory: dict[int, PartitionMemory] = {}
 
@@ -169,7 +177,17 @@ def register_quality_agent(
     def evaluate(
         event: QualityEvent, value: bytes, partition: int, outbox: Outbox, writes: StagedWrites
     ) -> None:
-        """Quarantine, escalation tracking and the correlation hand-off for a complete event."""
+        """Signature check, quarantine, escalation and the correlation hand-off of an event."""
+        signature = event["signature"]
+        if signature is not None:
+            employee = feed.employees.get(str(signature.get("signer_id")))
+            verdict = check_signature(event, employee, signature_rules)
+            outbox.add(
+                signatures_out,
+                SIGNATURE_SUBJECT,
+                event["product_line"],
+                signature_check_record(event, verdict),
+            )
         for lot in lots_touched(event, quarantine_rules, feed.index):
             stored = writes.get(holds_table, lot)
             hold = None if stored is None else LotHoldState.from_dict(stored)

@@ -42,7 +42,8 @@ __all__ = [
     "status",
 ]
 
-#: the ERP/PLM/HR/CMMS source connector, shared by the local stack and the Helm chart
+#: the plant source systems connector (database `erp`, one schema per system), shared by the
+#: local stack and the Helm chart
 ERP_POSTGRES = Path(__file__).with_name("erp-postgres.json")
 
 #: `${env:NAME}`: the form Kafka's EnvVarConfigProvider resolves when registered as `env`

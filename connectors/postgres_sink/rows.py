@@ -3,14 +3,17 @@
 A topic binds to one or more table writes (an incident is one `qms.incident` row plus one
 `qms.incident_member` row per member). A write is insert-only unless it names an `Upsert`:
 insert-only keeps the first row stored under a key; an upsert replaces it with a newer view
-when the upsert's rule says so. Values a table's CHECK constraint would refuse are refused here
-first, as a `ValueError`, so one bad record becomes a dead letter instead of failing its batch.
+when the upsert's rule says so. A binding may lift record headers into the record
+(`header_fields`), and a write of a compacted topic may map a tombstone (null value) to rows
+(`on_tombstone`); a tombstone on any other topic is a dead letter. Values a table's CHECK
+constraint would refuse are refused here first, as a `ValueError`, so one bad record becomes a
+dead letter instead of failing its batch.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -21,11 +24,14 @@ from qmsflow.quality.correlation import IncidentStatus
 from qmsflow.quality.data_dictionary import CanonicalSeverity
 from qmsflow.quality.escalation import DUE_DATE_FIELD
 from qmsflow.quality.event import Coordinates
+from qmsflow.quality.golden_record import EntityKind
 from qmsflow.quality.integrity import ParkingStatus
 from qmsflow.quality.quarantine import HoldAction
 
 Row = tuple[Any, ...]
 RowMapper = Callable[[Mapping[str, Any], Coordinates], list[Row]]
+#: rows for a tombstone: (message key as text, the binding's header fields, coordinates)
+TombstoneMapper = Callable[[str, Mapping[str, str], Coordinates], list[Row]]
 
 #: the values the migrations' CHECK constraints allow, taken from the domain's own types
 SEVERITIES: frozenset[str] = frozenset(get_args(CanonicalSeverity))
@@ -33,6 +39,10 @@ INCIDENT_STATUSES: frozenset[str] = frozenset(get_args(IncidentStatus))
 HOLD_ACTIONS: frozenset[str] = frozenset(get_args(HoldAction))
 PARKING_STATUSES: frozenset[str] = frozenset(get_args(ParkingStatus))
 ESCALATED_EVENT_TYPES: frozenset[str] = frozenset(DUE_DATE_FIELD)
+GOLDEN_KINDS: frozenset[str] = frozenset(get_args(EntityKind))
+
+#: the header carrying a golden record's version on md.<entity>.v1 (the Avro datum has none)
+GOLDEN_VERSION_HEADER = "golden-version"
 
 #: lineage every sink table ends with (plus `loaded_at`, which the database fills in)
 LINEAGE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
@@ -61,6 +71,7 @@ class TableWrite:
     key: tuple[str, ...]  # the conflict key: the table's primary key
     to_rows: RowMapper
     upsert: Upsert | None = None
+    on_tombstone: TombstoneMapper | None = None  # only for compacted topics
 
     @property
     def updated_columns(self) -> tuple[str, ...]:
@@ -75,6 +86,21 @@ class TableBinding:
     topic: str  # logical topic name
     subject: str
     writes: tuple[TableWrite, ...]
+    header_fields: tuple[tuple[str, str], ...] = ()  # (header name, record field it becomes)
+
+    @property
+    def accepts_tombstones(self) -> bool:
+        """Whether a null value maps to rows (compacted topics) instead of a dead letter."""
+        return any(w.on_tombstone is not None for w in self.writes)
+
+    def fields_from_headers(self, headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
+        """The declared headers as record fields (UTF-8 text); absent headers are left out."""
+        wanted = dict(self.header_fields)
+        return {
+            wanted[name]: value.decode("utf-8")
+            for name, value in headers
+            if name in wanted and value is not None
+        }
 
 
 def _json(value: Any) -> str | None:
@@ -410,6 +436,44 @@ def escalation_row(escalation: Mapping[str, Any], at: Coordinates) -> Row:
     )
 
 
+SIGNATURE_CHECK_COLUMNS = (
+    "check_id",
+    "event_id",
+    "event_type",
+    "source_system",
+    "source_record_id",
+    "product_line",
+    "signer_id",
+    "printed_name",
+    "meaning",
+    "signed_at",
+    "status",
+    "problems",
+    "checked_at",
+    *LINEAGE_COLUMNS,
+)
+
+
+def signature_check_row(check: Mapping[str, Any], at: Coordinates) -> Row:
+    """A `qms.signature_check` row from a decoded `quality.signature-checks.v1` record."""
+    return (
+        _uuid(check["check_id"], "check_id"),
+        _uuid(check["event_id"], "event_id"),
+        check["event_type"],
+        check["source_system"],
+        check["source_record_id"],
+        check["product_line"],
+        check["signer_id"],
+        check["printed_name"],
+        check["meaning"],
+        check["signed_at"],
+        _one_of(check["status"], frozenset({"valid", "invalid"}), "status"),
+        list(check["problems"]),
+        check["checked_at"],
+        *_lineage(at),
+    )
+
+
 PARKED_EVENT_COLUMNS = (
     "event_id",
     "status",
@@ -443,6 +507,153 @@ def parked_event_row(parked: Mapping[str, Any], at: Coordinates) -> Row:
     )
 
 
+#: each md.<entity>.v1 topic's golden record kind and the datum field holding its id (the key)
+GOLDEN_RECORD_IDS: dict[EntityKind, str] = {
+    "lot": "lot_id",
+    "part": "part_number",
+    "supplier": "supplier_id",
+    "equipment": "equipment_id",
+    "employee": "employee_id",
+    "customer_spec": "spec_id",
+}
+
+GOLDEN_RECORD_COLUMNS = (
+    "kind",
+    "entity_id",
+    "fields",
+    "version",
+    "source_system",
+    "updated_at",
+    "deleted",
+    *LINEAGE_COLUMNS,
+)
+
+#: md datum fields that are columns of their own rather than part of `fields`
+_GOLDEN_STAMP = frozenset({"golden_version", "source_system", "updated_at", "deleted"})
+
+
+def _golden_version(fields: Mapping[str, Any]) -> int | None:
+    """The golden version from the record's header; None from producers that send none."""
+    text = fields.get("golden_version")
+    if text is None:
+        return None
+    try:
+        version = int(text)
+    except ValueError:
+        raise ValueError(f"golden_version: expected an integer, got {text!r}") from None
+    return _at_least(version, 1, "golden_version")
+
+
+def golden_record_rows(kind: EntityKind) -> RowMapper:
+    """The `qms.golden_record` row of a decoded md.<entity>.v1 datum of `kind`."""
+    id_field = GOLDEN_RECORD_IDS[kind]
+
+    def to_rows(datum: Mapping[str, Any], at: Coordinates) -> list[Row]:
+        fields = {k: v for k, v in datum.items() if k != id_field and k not in _GOLDEN_STAMP}
+        return [
+            (
+                kind,
+                datum[id_field],
+                _json(fields),
+                _golden_version(datum),
+                datum["source_system"],
+                datum["updated_at"],
+                bool(datum["deleted"]),
+                *_lineage(at),
+            )
+        ]
+
+    return to_rows
+
+
+def golden_tombstone_rows(kind: EntityKind) -> TombstoneMapper:
+    """The `qms.golden_record` row of an md.<entity>.v1 tombstone: the record is deleted."""
+
+    def to_rows(entity_id: str, fields: Mapping[str, str], at: Coordinates) -> list[Row]:
+        return [(kind, entity_id, None, _golden_version(fields), None, None, True, *_lineage(at))]
+
+    return to_rows
+
+
+GOLDEN_HISTORY_COLUMNS = (
+    "kind",
+    "entity_id",
+    "version",
+    "valid_from",
+    "valid_to",
+    "source",
+    "lsn",
+    "fields",
+    "cdc_topic",
+    "cdc_partition",
+    "cdc_offset",
+    *LINEAGE_COLUMNS,
+)
+
+
+def golden_history_row(row: Mapping[str, Any], at: Coordinates) -> Row:
+    """A `qms.golden_record_history` row from a decoded `md.history.v1` record."""
+    try:
+        fields = orjson.loads(row["fields_json"])
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"fields_json: expected a JSON object, got {error}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"fields_json: expected a JSON object, got {type(fields).__name__}")
+    valid_to = row["valid_to"]
+    if valid_to is not None and valid_to < row["valid_from"]:
+        raise ValueError(f"valid_to: expected ≥ valid_from {row['valid_from']}, got {valid_to}")
+    return (
+        _one_of(row["kind"], GOLDEN_KINDS, "kind"),
+        row["entity_id"],
+        _at_least(row["version"], 1, "version"),
+        row["valid_from"],
+        valid_to,
+        row["source"],
+        row["lsn"],
+        row["fields_json"],
+        row["cdc_topic"],
+        row["cdc_partition"],
+        row["cdc_offset"],
+        *_lineage(at),
+    )
+
+
+MD_CONFLICT_COLUMNS = (
+    "conflict_id",
+    "kind",
+    "entity_id",
+    "field",
+    "winning_value",
+    "winning_source",
+    "winning_ts",
+    "losing_value",
+    "losing_source",
+    "losing_ts",
+    "rule",
+    "detected_at",
+    *LINEAGE_COLUMNS,
+)
+
+
+def md_conflict_row(conflict: Mapping[str, Any], at: Coordinates) -> Row:
+    """A `qms.md_conflict` row from a decoded `md.conflicts.v1` record."""
+    return (
+        _uuid(conflict["conflict_id"], "conflict_id"),
+        _one_of(conflict["kind"], GOLDEN_KINDS, "kind"),
+        conflict["entity_id"],
+        conflict["field"],
+        conflict["winning_value"],
+        conflict["winning_source"],
+        conflict["winning_ts"],
+        conflict["losing_value"],
+        conflict["losing_source"],
+        conflict["losing_ts"],
+        conflict["rule"],
+        conflict["detected_at"],
+        *_lineage(at),
+    )
+
+
 def _single(to_row: Callable[[Mapping[str, Any], Coordinates], Row]) -> RowMapper:
     def to_rows(record: Mapping[str, Any], at: Coordinates) -> list[Row]:
         return [to_row(record, at)]
@@ -466,6 +677,43 @@ INCIDENT_UPSERT = Upsert(
         " AND qms.incident.status = 'open' AND EXCLUDED.status = 'closed')"
     ),
 )
+
+
+#: a golden record's newest view is the latest on its compacted md topic: a key lives in one
+#: partition, so its offsets only grow, whoever produced it (the master-data agent, which also
+#: sends the golden version, or a loader that sends none); a republished view replaces the row
+#: with the same values and its own lineage. Recreating an md topic restarts its offsets: its
+#: rows in qms.golden_record must be deleted with it (see migration 0004).
+GOLDEN_RECORD_UPSERT = Upsert(
+    newest_first=("kafka_offset DESC",),
+    replaces_when="qms.golden_record.kafka_offset < EXCLUDED.kafka_offset",
+)
+
+#: a version's row is written open (valid_to NULL) and later closed: the closing row replaces
+#: the open one, once; nothing replaces a closed row (see migration 0004)
+GOLDEN_HISTORY_UPSERT = Upsert(
+    newest_first=("(valid_to IS NULL)", "kafka_offset"),
+    replaces_when=("qms.golden_record_history.valid_to IS NULL AND EXCLUDED.valid_to IS NOT NULL"),
+)
+
+
+def _golden_binding(kind: EntityKind) -> TableBinding:
+    topic = f"md.{kind.replace('_', '-')}.v1"
+    return TableBinding(
+        topic,
+        f"{topic}-value",
+        (
+            TableWrite(
+                "qms.golden_record",
+                GOLDEN_RECORD_COLUMNS,
+                ("kind", "entity_id"),
+                golden_record_rows(kind),
+                GOLDEN_RECORD_UPSERT,
+                on_tombstone=golden_tombstone_rows(kind),
+            ),
+        ),
+        header_fields=((GOLDEN_VERSION_HEADER, "golden_version"),),
+    )
 
 
 BINDINGS: tuple[TableBinding, ...] = (
@@ -535,6 +783,18 @@ BINDINGS: tuple[TableBinding, ...] = (
         ),
     ),
     TableBinding(
+        "quality.signature-checks.v1",
+        "quality.signature-checks.v1-value",
+        (
+            _insert_only(
+                "qms.signature_check",
+                SIGNATURE_CHECK_COLUMNS,
+                "check_id",
+                _single(signature_check_row),
+            ),
+        ),
+    ),
+    TableBinding(
         "quality.parked.v1",
         "quality.parked.v1-value",
         (
@@ -546,4 +806,27 @@ BINDINGS: tuple[TableBinding, ...] = (
             ),
         ),
     ),
+    TableBinding(
+        "md.conflicts.v1",
+        "md.conflicts.v1-value",
+        (
+            _insert_only(
+                "qms.md_conflict", MD_CONFLICT_COLUMNS, "conflict_id", _single(md_conflict_row)
+            ),
+        ),
+    ),
+    TableBinding(
+        "md.history.v1",
+        "md.history.v1-value",
+        (
+            TableWrite(
+                "qms.golden_record_history",
+                GOLDEN_HISTORY_COLUMNS,
+                ("kind", "entity_id", "version"),
+                _single(golden_history_row),
+                GOLDEN_HISTORY_UPSERT,
+            ),
+        ),
+    ),
+    *(_golden_binding(kind) for kind in GOLDEN_RECORD_IDS),
 )

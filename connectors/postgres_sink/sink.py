@@ -5,11 +5,14 @@ Commit protocol (implemented here and nowhere else):
      `qms.sink_offsets` (the beginning when there is none); Kafka's committed offsets are ignored;
   2. `add()` decodes a record into the buffers of its topic's tables (one topic may write
      several, e.g. an incident and its members) and notes its partition's next offset; a record
-     that does not decode or map becomes a dead letter (stage `sink`) instead of rows;
+     that does not decode or map becomes a dead letter (stage `sink`) instead of rows, and so
+     does a tombstone, except on a compacted topic whose binding maps it (a golden record's
+     tombstone marks its row deleted);
   3. `flush()` first publishes those dead letters and waits for the broker's acknowledgement;
   4. then, in ONE Postgres transaction: per table, COPY the buffered rows into a temporary staging
      table, INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO NOTHING (or, for a table
-     written by upsert, DO UPDATE … WHERE the incoming row is newer), and upsert every touched
+     written by upsert, DO UPDATE … WHERE the incoming row is newer), append the regulated
+     records' hash-chained audit rows (`qmsflow.audit`), and upsert every touched
      partition's next offset into `qms.sink_offsets`; COMMIT;
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
@@ -44,6 +47,7 @@ from confluent_kafka import (
 )
 
 from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding, TableWrite
+from qmsflow.audit import append_audit_trail
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
@@ -126,11 +130,14 @@ class PostgresSink:
         binding = self._bindings[topic]
         at = Coordinates(topic, partition, offset)
         try:
+            lifted = binding.fields_from_headers(headers)
             if value is None:
-                raise ContractError("value: expected an Avro record, got a tombstone (null)")
-            decoded = self._codec.decode(value, binding.subject)
-            # map every table's rows before buffering any, so a record is all rows or none
-            mapped = [(w.table, w.to_rows(decoded.record, at)) for w in binding.writes]
+                mapped = _tombstone_rows(binding, key, lifted, at)
+            else:
+                decoded = self._codec.decode(value, binding.subject)
+                record = {**decoded.record, **lifted} if lifted else decoded.record
+                # map every table's rows before buffering any, so a record is all rows or none
+                mapped = [(w.table, w.to_rows(record, at)) for w in binding.writes]
             for table, rows in mapped:
                 self._rows[table].extend(rows)
         except (ContractError, KeyError, TypeError, ValueError) as error:
@@ -167,6 +174,11 @@ class PostgresSink:
                     n = _write(self._conn, writes[table], rows)
                     inserted += n
                     self.stats.by_table[table] += n
+            # Part 11 audit trail: the regulated records' chained audit rows, in this same
+            # transaction (protocol in qmsflow.audit)
+            append_audit_trail(
+                self._conn, {t: (writes[t].columns, rows) for t, rows in self._rows.items()}
+            )
             with self._conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO qms.sink_offsets (consumer_group, topic, partition, next_offset)"
@@ -188,6 +200,22 @@ class PostgresSink:
         self._rows.clear()
         self._next_offsets.clear()
         self._dead.clear()
+
+
+def _tombstone_rows(
+    binding: TableBinding, key: bytes | None, fields: Mapping[str, str], at: Coordinates
+) -> list[tuple[str, list[Row]]]:
+    """A tombstone's rows on a compacted topic whose writes map one; else a ContractError."""
+    if not binding.accepts_tombstones:
+        raise ContractError("value: expected an Avro record, got a tombstone (null)")
+    if not key:
+        raise ContractError("key: expected the entity id on a tombstone, got none")
+    entity_id = key.decode("utf-8")
+    return [
+        (w.table, w.on_tombstone(entity_id, fields, at))
+        for w in binding.writes
+        if w.on_tombstone is not None
+    ]
 
 
 def _write(conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row]) -> int:
@@ -271,6 +299,10 @@ def run_sink(
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "enable.partition.eof": False,
+                # A crashed sink's partitions are reassigned only when its session expires;
+                # librdkafka's default 45 s would stall the load that long after every crash.
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
             }
         )
 

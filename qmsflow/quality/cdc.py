@@ -1,9 +1,14 @@
 """Debezium change events as Kafka Connect's JsonConverter delivers them (schemas.enable=false).
 
-A change topic is `<topic prefix>.<schema>.<table>` (here `cdc.<source>.<schema>.<table>`); its
-value is the envelope `{"before", "after", "op", "source": {...}, "ts_ms"}` and its key the row's
-primary-key columns. After a delete Debezium sends a tombstone (null value, same key) so that log
-compaction can forget the row; it carries no change and is returned as a `Tombstone`.
+A change topic is `<topic prefix>.<schema>.<table>`; its value is the envelope
+`{"before", "after", "op", "source": {...}, "ts_ms"}` and its key the row's primary-key columns.
+After a delete Debezium sends a tombstone (null value, same key) so that log compaction can forget
+the row; it carries no change and is returned as a `Tombstone`.
+
+The source system is the table's schema, upper-cased: the demo plant database holds one schema
+per system (`cdc.erp.qms.supplier_approval` is QMS's `supplier_approval`). A table in `public`
+names no system, so there the last segment of the topic prefix does (`cdc.mes.public.lot` is
+MES's `lot`), for a connector per system database.
 
 Facts the parser and the golden-record stage rely on (DESIGN §7):
 
@@ -57,6 +62,9 @@ SnapshotFlag = Literal[
 UNAVAILABLE_VALUE = "__debezium_unavailable_value"
 # binary (bytea) columns carry the same placeholder as bytes, which JSON shows in base64
 _UNAVAILABLE_BASE64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
+
+#: Postgres's default schema: a table there names no source system (see the module docstring)
+_PUBLIC = "public"
 
 _OPS: frozenset[str] = frozenset(get_args(Op))
 _SNAPSHOT_FLAGS: frozenset[str] = frozenset(get_args(SnapshotFlag))
@@ -190,7 +198,7 @@ def parse_change(
             raise ContractError(f"{where}: expected a key on a tombstone, got a null key")
         segments = topic.split(".")
         return Tombstone(
-            source_system=_system_from_topic(topic, None, None) or "",
+            source_system=_system_of_tombstone(segments),
             table=segments[-1],
             key=key,
             topic=topic,
@@ -223,9 +231,12 @@ def parse_change(
             f"{where}: source.snapshot expected one of {sorted(_SNAPSHOT_FLAGS)}, "
             f"got {source.get('snapshot')!r}"
         )
-    system = _system_from_topic(topic, schema, table) or _last_segment(source.get("name")) or db
+    system = _system_of(topic, schema, table, source, db)
     if not system:
-        raise ContractError(f"{where}: cannot tell the source system from topic or source block")
+        raise ContractError(
+            f"{where}: cannot tell the source system: expected source.schema other than "
+            f"'public', or a topic <prefix>.<system>.public.{table}, got schema {schema!r}"
+        )
     return ChangeEvent(
         source_system=system,
         db=db,
@@ -289,15 +300,29 @@ def _required_integer(block: Mapping[str, Any], name: str, where: str) -> int:
     return value
 
 
-def _system_from_topic(topic: str, schema: str | None, table: str | None) -> str | None:
-    """The last segment of the topic prefix, upper-cased: `cdc.erp.public.supplier` → ERP."""
+def _system_of(
+    topic: str, schema: str, table: str, source: Mapping[str, Any], db: str
+) -> str | None:
+    """The schema upper-cased; for `public`, the topic prefix's last segment, else source.name's."""
+    if schema and schema != _PUBLIC:
+        return schema.upper()
+    return _system_from_topic(topic, schema, table) or _last_segment(source.get("name")) or db
+
+
+def _system_of_tombstone(segments: list[str]) -> str:
+    """A tombstone's system, from its topic alone: `<prefix>.<schema>.<table>`."""
+    if len(segments) >= 3 and segments[-2] != _PUBLIC:
+        return segments[-2].upper()
+    return segments[-3].upper() if len(segments) >= 3 else ""
+
+
+def _system_from_topic(topic: str, schema: str, table: str) -> str | None:
+    """The last segment of the topic prefix, upper-cased: `cdc.mes.public.lot` → MES."""
     segments = topic.split(".")
-    if schema is not None and table is not None:
-        suffix = [schema, table] if schema else [table]
-        if segments[-len(suffix) :] == suffix and len(segments) > len(suffix):
-            return segments[-len(suffix) - 1].upper()
-        return None
-    return segments[-3].upper() if len(segments) >= 3 else None
+    suffix = [schema, table] if schema else [table]
+    if segments[-len(suffix) :] == suffix and len(segments) > len(suffix):
+        return segments[-len(suffix) - 1].upper()
+    return None
 
 
 def _last_segment(name: Any) -> str | None:

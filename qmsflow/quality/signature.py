@@ -18,6 +18,7 @@ holds earlier states); training is judged at signing time from the dated transcr
 from __future__ import annotations
 
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
@@ -239,3 +240,30 @@ def _moment(value: datetime) -> str:
     if utc.time() == time(0, 0):
         return utc.date().isoformat()
     return utc.strftime("%Y-%m-%dT%H:%MZ")
+
+
+#: namespace of signature-check ids (uuid5 of the event id); fixed forever
+SIGNATURE_CHECK_NAMESPACE = uuid.UUID("3f1d7c52-9b0e-4a61-8d2f-5e7a9c1b4d83")
+
+
+def signature_check_record(event: QualityEvent, verdict: SignatureVerdict) -> dict[str, Any]:
+    """The `quality.signature-checks.v1` record of a signed event's verdict.
+
+    Stamped with the event's own recorded_at, so a replay yields the identical record.
+    """
+    signature = event["signature"] or {}
+    return {
+        "check_id": str(uuid.uuid5(SIGNATURE_CHECK_NAMESPACE, event["event_id"])),
+        "event_id": event["event_id"],
+        "event_type": event["event_type"],
+        "source_system": event["source_system"],
+        "source_record_id": event["source_record_id"],
+        "product_line": event["product_line"],
+        "signer_id": str(signature.get("signer_id", "")),
+        "printed_name": str(signature.get("printed_name", "")),
+        "meaning": str(signature.get("meaning", "")),
+        "signed_at": signature.get("signed_at") or event["recorded_at"],
+        "status": "valid" if verdict.valid else "invalid",
+        "problems": list(verdict.problems),
+        "checked_at": event["recorded_at"],
+    }

@@ -10,13 +10,16 @@ root, because the server refuses to run as root):
 Authentication is `trust` on loopback only: a development stack, not a deployment.
 
 The server runs with `wal_level = logical` for Debezium, and holds a second database, `erp`:
-the demo source of CDC (ERP, PLM, HR and CMMS tables from `connectors/debezium/erp_schema.sql`,
-seeded from `erp_seed.sql`, published as `qmsflow_cdc`), read by the replication role
-`qmsflow_cdc`.
+the demo source of CDC, one schema per plant system (erp, plm, mes, cmms, qms, hr, lms, portal;
+`connectors/debezium/erp_schema.sql`, seeded from `erp_seed.sql`, published as `qmsflow_cdc`),
+read by the replication role `qmsflow_cdc`. The database is disposable: when its layout stamp
+(the schema file's hash) differs from the file's, it is dropped, with its replication slots,
+and recreated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -51,6 +54,9 @@ CDC_PASSWORD = "qmsflow_cdc"
 ERP_SQL = PROJECT_ROOT / "connectors" / "debezium"
 ERP_SCHEMA = ERP_SQL / "erp_schema.sql"
 ERP_SEED = ERP_SQL / "erp_seed.sql"
+
+#: a dropped demo database's slots are released by their walsenders within seconds
+SLOT_RELEASE_TIMEOUT = 30.0
 
 #: the server settings qmsflow.conf carries (`port` and the listeners come from the settings)
 REPLICATION_SETTINGS = {
@@ -399,8 +405,13 @@ class LocalPostgres:
     def _ensure_cdc_source(self, connection: Any, echo: Echo) -> None:
         """Create the replication role and the `erp` database; apply its schema and seed rows.
 
-        The schema runs as the owner APP_ROLE (so the tables and the publication are its),
-        after the role, which the schema grants SELECT to; the seed only fills empty tables.
+        1. the role `qmsflow_cdc` (REPLICATION LOGIN) exists with its password;
+        2. a database whose layout stamp differs from `erp_layout()` (an older layout, or none)
+           is dropped, after its replication slots: it is a disposable demo source, and a
+           connector still streaming from it fails and must be registered again;
+        3. the database exists, owned by APP_ROLE; the schema runs as that owner (so tables and
+           publication are its) and is idempotent; the seed only fills an empty erp.supplier;
+        4. the database is stamped with the layout, last, so a failed run retries from 2.
         """
         import psycopg
         from psycopg import sql
@@ -418,10 +429,19 @@ class LocalPostgres:
                 )
             )
             echo(f"  created replication role {CDC_ROLE}")
-        database = connection.execute(
-            "select 1 from pg_database where datname = %s", (ERP_DATABASE,)
+        layout = erp_layout()
+        row = connection.execute(
+            "select shobj_description(oid, 'pg_database') from pg_database where datname = %s",
+            (ERP_DATABASE,),
         ).fetchone()
-        if database is None:
+        if row is not None and row[0] != layout:
+            echo(
+                f"  database {ERP_DATABASE} has layout {row[0]!r}, the schema file "
+                f"{layout!r}: dropping and recreating it (a disposable demo source)"
+            )
+            self._drop_cdc_source(connection)
+            row = None
+        if row is None:
             connection.execute(
                 sql.SQL("create database {} owner {} encoding 'UTF8'").format(
                     sql.Identifier(ERP_DATABASE), sql.Identifier(APP_ROLE)
@@ -434,10 +454,59 @@ class LocalPostgres:
         )
         with psycopg.connect(owner, connect_timeout=10) as erp:
             erp.execute(ERP_SCHEMA.read_text(encoding="utf-8"))
-            seeded = erp.execute("select exists (select 1 from supplier)").fetchone()
+            seeded = erp.execute("select exists (select 1 from erp.supplier)").fetchone()
             if seeded is not None and not seeded[0]:
                 erp.execute(ERP_SEED.read_text(encoding="utf-8"))
-                echo(f"  seeded database {ERP_DATABASE} with the demo plant's master data")
+                echo(f"  seeded database {ERP_DATABASE} with the demo plant's source systems")
+        connection.execute(
+            sql.SQL("comment on database {} is {}").format(
+                sql.Identifier(ERP_DATABASE), sql.Literal(layout)
+            )
+        )
+
+    def _drop_cdc_source(self, connection: Any) -> None:
+        """Drop the demo source database, and first its replication slots (ending their walsenders).
+
+        DROP DATABASE refuses while a logical slot of the database exists, even an inactive one.
+        """
+        from psycopg import sql
+
+        deadline = time.monotonic() + SLOT_RELEASE_TIMEOUT
+        while True:
+            slots = connection.execute(
+                "select slot_name, active_pid from pg_replication_slots where database = %s",
+                (ERP_DATABASE,),
+            ).fetchall()
+            if not slots:
+                break
+            for slot, pid in slots:
+                if pid is not None:
+                    connection.execute("select pg_terminate_backend(%s)", (pid,))
+                else:
+                    connection.execute(
+                        "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                        "where slot_name = %s and active_pid is null",
+                        (slot,),
+                    )
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"expected the replication slots of database {ERP_DATABASE} to be released "
+                    f"within {SLOT_RELEASE_TIMEOUT:.0f} s to drop it, but "
+                    f"{[s for s, _ in slots]} are still held; delete the connectors using them"
+                )
+            time.sleep(0.2)
+        connection.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(ERP_DATABASE))
+        )
 
 
-__all__ = ["LocalPostgres", "find_bin_dir", "order_bin_dirs"]
+def erp_layout(schema: Path = ERP_SCHEMA) -> str:
+    """The layout stamp of the demo source database: a hash of its schema file.
+
+    Any edit of the file changes it, so the next `stack up` rebuilds the database from it.
+    """
+    digest = hashlib.sha256(schema.read_bytes()).hexdigest()[:16]
+    return f"qmsflow demo CDC source, layout {digest}"
+
+
+__all__ = ["LocalPostgres", "erp_layout", "find_bin_dir", "order_bin_dirs"]

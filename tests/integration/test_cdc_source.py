@@ -1,10 +1,15 @@
-"""Debezium streams the demo ERP database into cdc.erp.public.<table> as JSON envelopes."""
+"""Debezium streams the demo plant database into cdc.erp.<schema>.<table> as JSON envelopes.
+
+The database holds one schema per source system (erp, plm, mes, cmms, qms, hr, lms, portal);
+the last test folds the snapshot of every captured table into golden records.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +18,26 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from connectors.debezium import registration
+from qmsflow.demo.traffic import PLANT
+from qmsflow.quality.cdc import ChangeEvent, parse_change
+from qmsflow.quality.golden_record import (
+    Conflict,
+    EntityKind,
+    GoldenState,
+    apply_change,
+    entity_of,
+    golden_to_customer_spec,
+    golden_to_employee,
+    golden_to_equipment,
+    golden_to_lot,
+    golden_to_part,
+    golden_to_supplier,
+    load_survivorship_rules,
+)
 from qmsflow.settings import Settings
 from qmsflow.stack.connect import LocalConnect, connect_url
 from qmsflow.stack.postgres import CDC_PASSWORD, CDC_ROLE, ERP_DATABASE
@@ -27,6 +49,31 @@ ARRIVAL_TIMEOUT = 60.0
 
 #: a deleted connector's task lets go of its replication slot within seconds
 SLOT_RELEASE_TIMEOUT = 30.0
+
+#: every table the connector captures, `<schema>.<table>`, as the connector file lists them
+CAPTURED = registration.load(registration.ERP_POSTGRES).config["table.include.list"].split(",")
+
+#: the md.* datum of each kind, to prove a golden record is complete
+ADAPTERS: dict[EntityKind, Callable[[GoldenState], dict[str, Any]]] = {
+    "supplier": golden_to_supplier,
+    "part": golden_to_part,
+    "lot": golden_to_lot,
+    "equipment": golden_to_equipment,
+    "employee": golden_to_employee,
+    "customer_spec": golden_to_customer_spec,
+}
+
+#: the disagreements erp_seed.sql plants on purpose: (kind, entity, field, winner, loser)
+SEEDED_CONFLICTS = {
+    ("supplier", "SUP-0128", "approval_status", ("QMS", "CONDITIONAL"), ("ERP", "APPROVED")),
+    (
+        "equipment",
+        "EQ-PH-METER-07",
+        "calibration_status",
+        ("CMMS", "CALIBRATED"),
+        ("QMS", "OUT_OF_TOLERANCE"),
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +100,44 @@ def kafka_connect(
     yield connect.url
 
 
+@dataclass(frozen=True)
+class Received:
+    """One record read from a CDC topic, raw as the broker holds it."""
+
+    topic: str
+    partition: int
+    offset: int
+    raw_key: bytes | None
+    raw_value: bytes | None
+
+    @property
+    def key(self) -> Any:
+        """The decoded key: the row's primary-key columns."""
+        return None if self.raw_key is None else json.loads(self.raw_key)
+
+    @property
+    def value(self) -> Any:
+        """The decoded envelope, or None for a tombstone."""
+        return None if self.raw_value is None else json.loads(self.raw_value)
+
+
 @dataclass
 class ErpCdc:
-    """One connector of this test: its topics, its own supplier row and the source database."""
+    """One connector of this test: its topics, its own supplier row and the source database.
+
+    `snapshot_rows` counts each captured table's rows when the connector was registered, so
+    a test knows when the whole initial snapshot has arrived.
+    """
 
     bootstrap: str
     prefix: str
     erp_conninfo: str
     supplier_id: str
+    snapshot_rows: dict[str, int]
 
     def topic(self, table: str) -> str:
-        """The CDC topic of a table in the `public` schema."""
-        return f"{self.prefix}cdc.erp.public.{table}"
+        """The CDC topic of a `<schema>.<table>`: `<prefix>cdc.erp.<schema>.<table>`."""
+        return f"{self.prefix}cdc.erp.{table}"
 
     def execute(self, statement: str, *params: Any) -> None:
         """Run one statement on the source database, committed."""
@@ -72,31 +145,30 @@ class ErpCdc:
             connection.execute(statement, params)
 
     def consume_until(
-        self, table: str, done: Callable[[list[tuple[Any, Any]]], bool]
-    ) -> list[tuple[Any, Any]]:
-        """Read (key, value) pairs of a table's topic from the start until `done` holds.
-
-        A tombstone's value is None; keys and values are decoded JSON.
-        """
+        self, tables: str | list[str], done: Callable[[list[Received]], bool]
+    ) -> list[Received]:
+        """Read the tables' topics from the start until `done` holds for what was read."""
+        topics = [self.topic(t) for t in ([tables] if isinstance(tables, str) else tables)]
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"{self.prefix}cdc-test-{uuid.uuid4().hex[:6]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
-                # the topic appears once the snapshot starts; find it within a second
+                # the topics appear once the snapshot starts; find them within a second
                 "topic.metadata.refresh.interval.ms": 1000,
             }
         )
-        records: list[tuple[Any, Any]] = []
+        records: list[Received] = []
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         try:
-            consumer.subscribe([self.topic(table)])
+            consumer.subscribe(topics)
             while not done(records):
                 if time.monotonic() > deadline:
                     pytest.fail(
-                        f"expected the awaited records on {self.topic(table)} within "
-                        f"{ARRIVAL_TIMEOUT:.0f} s; got {len(records)}: {records[-5:]}"
+                        f"expected the awaited records on {topics} within "
+                        f"{ARRIVAL_TIMEOUT:.0f} s; got {len(records)}: "
+                        f"{Counter(r.topic for r in records)}"
                     )
                 message = consumer.poll(0.5)
                 if message is None:
@@ -105,17 +177,28 @@ class ErpCdc:
                 if error is not None:
                     if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                         continue
-                    pytest.fail(f"consuming {self.topic(table)}: {error}")
-                key, value = message.key(), message.value()
+                    pytest.fail(f"consuming {topics}: {error}")
                 records.append(
-                    (
-                        json.loads(key) if key is not None else None,
-                        json.loads(value) if value is not None else None,
+                    Received(
+                        topic=message.topic() or "",
+                        partition=message.partition() or 0,
+                        offset=message.offset() or 0,
+                        raw_key=message.key(),
+                        raw_value=message.value(),
                     )
                 )
         finally:
             consumer.close()
         return records
+
+    def ids(self, table: str, column: str) -> set[str]:
+        """Every value of a table's id column, now."""
+        schema, name = table.split(".")
+        query = sql.SQL("select {} from {}").format(
+            sql.Identifier(column), sql.Identifier(schema, name)
+        )
+        with psycopg.connect(self.erp_conninfo) as connection:
+            return {str(row[0]) for row in connection.execute(query)}
 
 
 def _drop_slot(conninfo: str, slot: str) -> None:
@@ -136,13 +219,24 @@ def _drop_slot(conninfo: str, slot: str) -> None:
             time.sleep(0.5)
 
 
+def _row_counts(conninfo: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with psycopg.connect(conninfo) as connection:
+        for table in CAPTURED:
+            schema, name = table.split(".")
+            query = sql.SQL("select count(*) from {}").format(sql.Identifier(schema, name))
+            row = connection.execute(query).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return counts
+
+
 @pytest.fixture
 def erp_cdc(
     kafka_connect: str, kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str
 ) -> Iterator[ErpCdc]:
     """A connector on the erp database with this test's topic prefix and slot, torn down after.
 
-    The test's own supplier row is inserted first, so it is part of the snapshot.
+    The test's own erp.supplier row is inserted first, so it is part of the snapshot.
     """
     erp = make_conninfo(postgres_dsn, dbname=ERP_DATABASE)
     cdc_role = make_conninfo(erp, user=CDC_ROLE, password=CDC_PASSWORD)
@@ -155,14 +249,17 @@ def erp_cdc(
         prefix=topic_prefix,
         erp_conninfo=erp,
         supplier_id=f"SUP-T{topic_prefix.strip('.').upper()}",
+        snapshot_rows={},
     )
     cdc.execute(
-        "insert into supplier (supplier_id, name, country, address) values (%s, %s, %s, %s)",
+        "insert into erp.supplier (supplier_id, name, country_code, address) "
+        "values (%s, %s, %s, %s)",
         cdc.supplier_id,
         "Test Moulding Ltd",
         "IE",
         "Unit 1, Test Park",
     )
+    cdc.snapshot_rows = _row_counts(erp)
     slot = registration.slot_name(topic_prefix)
     name = f"{topic_prefix}erp-postgres"
     try:
@@ -175,7 +272,7 @@ def erp_cdc(
     finally:
         registration.delete(kafka_connect, name)
         _drop_slot(cdc_role, slot)
-        cdc.execute("delete from supplier where supplier_id = %s", cdc.supplier_id)
+        cdc.execute("delete from erp.supplier where supplier_id = %s", cdc.supplier_id)
         admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
         topics += [f"__debezium-heartbeat.{topic_prefix}cdc.erp"]
@@ -186,72 +283,154 @@ def erp_cdc(
                 future.result(timeout=30)
 
 
-def _ours(supplier_id: str) -> Callable[[tuple[Any, Any]], bool]:
-    return lambda record: record[0] == {"supplier_id": supplier_id}
+def _ours(supplier_id: str) -> Callable[[Received], bool]:
+    return lambda record: record.key == {"supplier_id": supplier_id}
 
 
 class TestSnapshot:
     def test_existing_rows_arrive_as_reads(self, erp_cdc: ErpCdc) -> None:
         """Rows present when the connector starts arrive with op "r", keyed by primary key."""
         records = erp_cdc.consume_until(
-            "supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen))
+            "erp.supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen))
         )
 
-        by_key = {json.dumps(key): value for key, value in records}
+        by_key = {json.dumps(r.key): r.value for r in records}
         ours = by_key[json.dumps({"supplier_id": erp_cdc.supplier_id})]
         seeded = by_key.get(json.dumps({"supplier_id": "SUP-0017"}))
         assert ours["op"] == "r"
         assert ours["before"] is None
         assert ours["after"]["name"] == "Test Moulding Ltd"
+        assert (ours["source"]["schema"], ours["source"]["table"]) == ("erp", "supplier")
         assert seeded is not None and seeded["op"] == "r"
         assert seeded["after"]["name"] == "Corrib Precision Moulding"
         assert ours["source"]["lsn"] > 0 and ours["ts_ms"] > 0
+
+    def test_every_captured_table_has_its_topic(self, erp_cdc: ErpCdc) -> None:
+        """Each table <schema>.<table> is snapshotted into <prefix>cdc.erp.<schema>.<table>."""
+        records = erp_cdc.consume_until(CAPTURED, _snapshot_complete(erp_cdc))
+
+        topics = {r.topic for r in records}
+        assert topics == {erp_cdc.topic(t) for t in CAPTURED}
+        for record in records:
+            source = record.value["source"]
+            assert record.topic == erp_cdc.topic(f"{source['schema']}.{source['table']}")
 
 
 class TestChanges:
     def test_update_carries_full_before_and_after(self, erp_cdc: ErpCdc) -> None:
         """An UPDATE arrives as op "u" whose before and after hold every column."""
-        erp_cdc.consume_until("supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen)))
+        erp_cdc.consume_until(
+            "erp.supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen))
+        )
         erp_cdc.execute(
-            "update supplier set approval_status = 'disqualified', updated_at = now() "
+            "update erp.supplier set asl_status = 'DISQUALIFIED', updated_at = now() "
             "where supplier_id = %s",
             erp_cdc.supplier_id,
         )
 
         records = erp_cdc.consume_until(
-            "supplier",
+            "erp.supplier",
             lambda seen: any(
-                _ours(erp_cdc.supplier_id)(r) and r[1] is not None and r[1]["op"] == "u"
+                _ours(erp_cdc.supplier_id)(r) and r.value is not None and r.value["op"] == "u"
                 for r in seen
             ),
         )
 
         update = next(
-            value
-            for key, value in records
-            if key == {"supplier_id": erp_cdc.supplier_id} and value and value["op"] == "u"
+            r.value
+            for r in records
+            if _ours(erp_cdc.supplier_id)(r) and r.value and r.value["op"] == "u"
         )
-        columns = {"supplier_id", "name", "country", "approval_status", "address", "updated_at"}
+        columns = {"supplier_id", "name", "country_code", "asl_status", "address", "updated_at"}
         assert set(update["before"]) == columns == set(update["after"])
-        assert update["before"]["approval_status"] == "approved"
-        assert update["after"]["approval_status"] == "disqualified"
+        assert update["before"]["asl_status"] == "APPROVED"
+        assert update["after"]["asl_status"] == "DISQUALIFIED"
         assert update["before"]["address"] == update["after"]["address"] == "Unit 1, Test Park"
         assert isinstance(update["source"]["lsn"], int) and update["ts_ms"] > 0
 
     def test_delete_is_followed_by_a_tombstone(self, erp_cdc: ErpCdc) -> None:
         """A DELETE arrives as op "d" with the full row in before, then a null-valued tombstone."""
-        erp_cdc.consume_until("supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen)))
-        erp_cdc.execute("delete from supplier where supplier_id = %s", erp_cdc.supplier_id)
+        erp_cdc.consume_until(
+            "erp.supplier", lambda seen: any(map(_ours(erp_cdc.supplier_id), seen))
+        )
+        erp_cdc.execute("delete from erp.supplier where supplier_id = %s", erp_cdc.supplier_id)
 
         records = erp_cdc.consume_until(
-            "supplier",
-            lambda seen: any(_ours(erp_cdc.supplier_id)(r) and r[1] is None for r in seen),
+            "erp.supplier",
+            lambda seen: any(_ours(erp_cdc.supplier_id)(r) and r.value is None for r in seen),
         )
 
-        ours = [value for key, value in records if key == {"supplier_id": erp_cdc.supplier_id}]
+        ours = [r.value for r in records if _ours(erp_cdc.supplier_id)(r)]
         assert [v["op"] if v is not None else None for v in ours] == ["r", "d", None]
         delete = ours[1]
         assert delete["after"] is None
         assert delete["before"]["name"] == "Test Moulding Ltd"
-        assert delete["before"]["country"] == "IE"
+        assert delete["before"]["country_code"] == "IE"
         assert delete["source"]["lsn"] > 0 and delete["ts_ms"] > 0
+
+
+def _snapshot_complete(cdc: ErpCdc) -> Callable[[list[Received]], bool]:
+    """Whether every captured table's topic holds at least its rows at registration, as reads."""
+
+    def done(seen: list[Received]) -> bool:
+        reads = Counter(r.topic for r in seen if r.value is not None and r.value["op"] == "r")
+        return all(reads[cdc.topic(t)] >= n for t, n in cdc.snapshot_rows.items())
+
+    return done
+
+
+class TestGoldenRecords:
+    def test_snapshot_folds_into_golden_records(self, erp_cdc: ErpCdc) -> None:
+        """The snapshot of every table yields a complete golden record per seeded entity.
+
+        The seeded disagreements (SUP-0128 approval, EQ-PH-METER-07 calibration) are conflicts.
+        """
+        rules = load_survivorship_rules()
+        records = erp_cdc.consume_until(CAPTURED, _snapshot_complete(erp_cdc))
+
+        states: dict[tuple[EntityKind, str], GoldenState] = {}
+        conflicts: list[Conflict] = []
+        for record in records:
+            change = parse_change(
+                record.topic, record.partition, record.offset, record.raw_key, record.raw_value
+            )
+            assert isinstance(change, ChangeEvent), record
+            routed = entity_of(change, rules)
+            assert routed is not None, f"{change.source_system}.{change.table} feeds no record"
+            outcome = apply_change(states.get(routed) or GoldenState(*routed), change, rules)
+            states[routed] = outcome.state
+            conflicts.extend(outcome.conflicts)
+
+        expected: dict[EntityKind, set[str]] = {}
+        for source in rules.sources:
+            ids = erp_cdc.ids(f"{source.system.lower()}.{source.table}", source.id_column)
+            expected.setdefault(source.kind, set()).update(ids)
+        assert {s.supplier_id for s in PLANT.suppliers} <= expected["supplier"]
+        assert {p.number for p in PLANT.parts} <= expected["part"]
+        assert {e.equipment_id for e in PLANT.equipment} <= expected["equipment"]
+        assert {e.employee_id for e in PLANT.employees} <= expected["employee"]
+        assert expected["lot"] and expected["customer_spec"]
+        for kind, ids in expected.items():
+            for entity_id in ids:
+                state = states.get((kind, entity_id))
+                assert state is not None and state.golden is not None, (kind, entity_id)
+                assert ADAPTERS[kind](state)  # complete: the md.* datum builds
+        employee = golden_to_employee(states[("employee", "E1001")])
+        assert employee["printed_name"] == "Maria Okafor"
+        assert "qa_approver" in employee["roles"]
+        assert {t["course"] for t in employee["trainings"]} >= {"SOP-QA-011"}
+        assert golden_to_lot(states[("lot", "L2601-0007")])["parent_lot_ids"] == [
+            "L2601-0008",
+            "L2601-0009",
+        ]
+        found = {
+            (
+                c.kind,
+                c.entity_id,
+                c.field,
+                (c.winning_source, c.winning_value),
+                (c.losing_source, c.losing_value),
+            )
+            for c in conflicts
+        }
+        assert found == SEEDED_CONFLICTS

@@ -18,7 +18,7 @@ from qmsflow.quality.cdc import (
     position,
 )
 
-TOPIC = "cdc.erp.public.supplier"
+TOPIC = "cdc.erp.erp.supplier"
 KEY = json.dumps({"supplier_id": "S-1"})
 ROW = {"supplier_id": "S-1", "name": "Acme GmbH", "country_code": "DE", "notes": "long text"}
 
@@ -35,7 +35,7 @@ def _value(op: str, **overrides: Any) -> str:
             "ts_ms": 1_767_225_600_000,
             "snapshot": "false",
             "db": "erp",
-            "schema": "public",
+            "schema": "erp",
             "table": "supplier",
             "txId": 771,
             "lsn": 24_023_128,
@@ -60,7 +60,7 @@ class TestEnvelopes:
         change = _parse(_value("c"))
         assert change.op == "c"
         assert change.source_system == "ERP"
-        assert (change.db, change.schema, change.table) == ("erp", "public", "supplier")
+        assert (change.db, change.schema, change.table) == ("erp", "erp", "supplier")
         assert change.key == {"supplier_id": "S-1"}
         assert change.after == ROW and change.before is None
         assert (change.lsn, change.tx_id, change.ts_ms) == (24_023_128, 771, 1_767_225_600_000)
@@ -94,19 +94,52 @@ class TestEnvelopes:
         tombstone = parse_change(TOPIC, 2, 9, KEY, None)
         assert tombstone == Tombstone("ERP", "supplier", {"supplier_id": "S-1"}, TOPIC, 2, 9)
 
+    def test_position_is_lsn_then_offset(self) -> None:
+        """A streamed change orders by LSN first, then offset."""
+        assert position(_parse(_value("c"))) == Position(24_023_128, 7)
+
     def test_schema_wrapped_value_is_unwrapped(self) -> None:
         """A value written with schemas.enable=true is unwrapped from its payload."""
         wrapped = json.dumps({"schema": {}, "payload": json.loads(_value("c"))})
         assert _parse(wrapped).after == ROW
 
-    def test_source_system_from_prefixed_topic(self) -> None:
-        """The source system is the last segment of the topic prefix."""
-        change = parse_change("dev-cdc.cmms.public.supplier", 0, 1, KEY, _value("c"))
+
+class TestSourceSystem:
+    def test_schema_names_the_system(self) -> None:
+        """The source system is source.schema upper-cased, whatever the topic prefix says."""
+        value = _value("c", source={"schema": "qms", "table": "supplier_approval"})
+        change = parse_change("cdc.erp.qms.supplier_approval", 0, 1, KEY, value)
+        assert isinstance(change, ChangeEvent)
+        assert (change.source_system, change.schema) == ("QMS", "qms")
+
+    def test_schema_wins_over_a_prefixed_topic(self) -> None:
+        """A qmsflow topic prefix in front of the Debezium prefix does not change the system."""
+        value = _value("c", source={"schema": "hr", "table": "employee"})
+        change = parse_change("t1a2b3c4d.cdc.erp.hr.employee", 0, 1, KEY, value)
+        assert isinstance(change, ChangeEvent) and change.source_system == "HR"
+
+    def test_public_schema_falls_back_to_the_topic_prefix(self) -> None:
+        """A table in `public` takes its system from the last segment of the topic prefix."""
+        value = _value("c", source={"schema": "public"})
+        change = parse_change("dev-cdc.cmms.public.supplier", 0, 1, KEY, value)
         assert isinstance(change, ChangeEvent) and change.source_system == "CMMS"
 
-    def test_position_is_lsn_then_offset(self) -> None:
-        """A streamed change orders by LSN first, then offset."""
-        assert position(_parse(_value("c"))) == Position(24_023_128, 7)
+    def test_public_schema_without_matching_topic_uses_connector_name(self) -> None:
+        """A `public` table on a renamed topic falls back to source.name's last segment."""
+        value = _value("c", source={"schema": "public", "name": "cdc.mes"})
+        change = parse_change("renamed-topic", 0, 1, KEY, value)
+        assert isinstance(change, ChangeEvent) and change.source_system == "MES"
+
+    def test_tombstone_system_from_the_schema_segment(self) -> None:
+        """A tombstone has no source block: its topic's schema segment names the system."""
+        tombstone = parse_change("cdc.erp.lms.training_transcript", 0, 4, KEY, None)
+        assert isinstance(tombstone, Tombstone)
+        assert (tombstone.source_system, tombstone.table) == ("LMS", "training_transcript")
+
+    def test_tombstone_in_public_uses_the_prefix(self) -> None:
+        """A tombstone of a `public` table takes the prefix's last segment, as changes do."""
+        tombstone = parse_change("cdc.mes.public.lot", 0, 4, KEY, None)
+        assert isinstance(tombstone, Tombstone) and tombstone.source_system == "MES"
 
 
 class TestMalformed:

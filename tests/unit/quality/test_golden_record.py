@@ -68,7 +68,10 @@ def _change(
     ts: int = 0,
     snapshot: str = "false",
 ) -> ChangeEvent:
-    """A parsed Debezium change of `row` (the `before` of a delete holds only the key)."""
+    """A parsed Debezium change of `row` from table `<system>.<table>` of the plant database.
+
+    The `before` of a delete holds only the key.
+    """
     id_column = _ID_COLUMNS[table]
     key = {id_column: row[id_column]}
     value = {
@@ -76,9 +79,9 @@ def _change(
         "after": None if op == "d" else row,
         "op": op,
         "source": {
-            "name": f"cdc.{system.lower()}",
-            "db": system.lower(),
-            "schema": "public",
+            "name": "cdc.erp",
+            "db": "erp",
+            "schema": system.lower(),
             "table": table,
             "ts_ms": T0 + ts * 1000,
             "lsn": lsn,
@@ -86,7 +89,7 @@ def _change(
         },
         "ts_ms": T0 + ts * 1000 + 5,
     }
-    topic = f"cdc.{system.lower()}.public.{table}"
+    topic = f"cdc.erp.{system.lower()}.{table}"
     change = parse_change(topic, 0, offset, json.dumps(key), json.dumps(value))
     assert isinstance(change, ChangeEvent)
     return change
@@ -205,7 +208,7 @@ class TestDeletes:
         new_row = {**_erp_supplier(), "supplier_id": "S-2"}
         delete = _change("ERP", "supplier", "d", _erp_supplier(), lsn=200, offset=2)
         tombstone = parse_change(
-            "cdc.erp.public.supplier", 0, 3, json.dumps({"supplier_id": "S-1"}), None
+            "cdc.erp.erp.supplier", 0, 3, json.dumps({"supplier_id": "S-1"}), None
         )
         create = _change("ERP", "supplier", "c", new_row, lsn=201, offset=4)
         assert isinstance(tombstone, Tombstone)  # compaction only: the agent skips it
@@ -296,6 +299,24 @@ class TestSurvivorship:
         record = outcomes[-1].record
         assert record is not None and record["approval_status"] == "DISQUALIFIED"
         assert record["name"] == "Acme GmbH"
+
+    def test_approval_disagreement_is_a_conflict(self) -> None:
+        """ERP's ASL copy disagreeing with the QMS audit status is reported; QMS still wins."""
+        outcomes = _fold(
+            [
+                _change("ERP", "supplier", "r", _erp_supplier("APPROVED"), lsn=5, offset=1),
+                _change(
+                    "QMS", "supplier_approval", "r", _qms_approval("CONDITIONAL"), lsn=6, offset=1
+                ),
+            ]
+        )
+        (conflict,) = outcomes[-1].conflicts
+        assert (conflict.field, conflict.winning_source, conflict.winning_value) == (
+            "approval_status",
+            "QMS",
+            "CONDITIONAL",
+        )
+        assert (conflict.losing_source, conflict.losing_value) == ("ERP", "APPROVED")
 
     def test_unlisted_field_takes_most_recent(self) -> None:
         """A field without a trust list takes the most recent source's value."""

@@ -174,3 +174,42 @@ class TestRules:
             _event("capa", "APPROVAL"), _employee(roles=("qa-manager",)), rules
         )
         assert verdict.valid
+
+
+class TestSignatureCheckRecord:
+    def _full_event(self) -> QualityEvent:
+        event = dict(_event())
+        event.update(
+            event_id="0f5a3a52-7c1e-4d6b-9a0e-3b8f2c4d5e61",
+            source_system="QMS",
+            source_record_id="NCR-1042",
+            product_line="catheters",
+            recorded_at=datetime(2026, 11, 2, 10, 0, 5, tzinfo=UTC),
+        )
+        return cast(QualityEvent, event)
+
+    def test_record_matches_its_contract(self) -> None:
+        """The verdict record validates against quality.signature-checks.v1-value."""
+        import json
+
+        from fastavro import parse_schema
+        from fastavro.validation import validate
+
+        from qmsflow.quality.signature import signature_check_record
+        from qmsflow.settings import PROJECT_ROOT
+
+        path = PROJECT_ROOT / "schemas/avro/quality.signature-checks.v1-value/v1.avsc"
+        schema = parse_schema(json.loads(path.read_text()))
+        event = self._full_event()
+        record = signature_check_record(event, check_signature(event, None, RULES))
+        assert validate(record, schema, strict=True)
+        assert record["status"] == "invalid" and record["problems"]
+
+    def test_same_event_same_record(self) -> None:
+        """Checking an event twice (a replay) gives the identical record, id included."""
+        from qmsflow.quality.signature import signature_check_record
+
+        event = self._full_event()
+        first = signature_check_record(event, check_signature(event, _employee(), RULES))
+        second = signature_check_record(event, check_signature(event, _employee(), RULES))
+        assert first == second and first["status"] == "valid"

@@ -10,6 +10,7 @@ import pytest
 
 from connectors.debezium import registration
 from connectors.debezium.registration import ConnectorError, MemoryConnect
+from qmsflow.quality.golden_record import load_survivorship_rules
 from qmsflow.settings import Settings
 from qmsflow.stack.connect import (
     CONNECT_PORT,
@@ -20,7 +21,7 @@ from qmsflow.stack.connect import (
     render_worker_properties,
     worker_environment,
 )
-from qmsflow.stack.postgres import ERP_SCHEMA, REPLICATION_SETTINGS
+from qmsflow.stack.postgres import ERP_SCHEMA, REPLICATION_SETTINGS, erp_layout
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -29,7 +30,8 @@ def _properties(text: str) -> dict[str, str]:
 
 
 def _schema_tables() -> list[str]:
-    return re.findall(r"create table if not exists (\w+)", ERP_SCHEMA.read_text())
+    """The `<schema>.<table>` names erp_schema.sql creates, in file order."""
+    return re.findall(r"create table if not exists (\w+\.\w+)", ERP_SCHEMA.read_text())
 
 
 class TestWorkerProperties:
@@ -114,7 +116,38 @@ class TestLocalDatabase:
         text = ERP_SCHEMA.read_text()
 
         for table in _schema_tables():
-            assert re.search(rf"alter table {table}\s+replica identity full", text), table
+            assert re.search(rf"alter table {re.escape(table)}\s+replica identity full", text)
+
+    def test_every_table_is_published(self) -> None:
+        """The publication's table list names exactly the tables the schema creates."""
+        text = ERP_SCHEMA.read_text()
+        published = re.search(r"alter publication qmsflow_cdc set table([^;]+);", text)
+
+        assert published is not None
+        assert re.findall(r"[\w.]+", published.group(1)) == _schema_tables()
+
+    def test_one_schema_per_source_system(self) -> None:
+        """Tables live in one schema per plant system, each named after its system."""
+        schemas = {table.split(".")[0] for table in _schema_tables()}
+
+        assert schemas == {"erp", "plm", "mes", "cmms", "qms", "hr", "lms", "portal"}
+
+    def test_every_survivorship_source_is_a_table(self) -> None:
+        """Each [[sources]] table of the survivorship rules exists, in its system's schema."""
+        tables = set(_schema_tables())
+
+        for source in load_survivorship_rules().sources:
+            assert f"{source.system.lower()}.{source.table}" in tables, source
+
+    def test_layout_stamp_follows_the_schema_file(self, tmp_path: Path) -> None:
+        """The layout stamp is the schema file's hash: any edit asks for a rebuild."""
+        schema = tmp_path / "schema.sql"
+        schema.write_text("create table t (id int primary key);")
+        before = erp_layout(schema)
+        schema.write_text("create table t (id int primary key, x int);")
+
+        assert erp_layout(schema) != before
+        assert erp_layout() == erp_layout(ERP_SCHEMA)
 
 
 class TestConnectorFile:
@@ -133,7 +166,7 @@ class TestConnectorFile:
         spec = registration.load(registration.ERP_POSTGRES)
 
         included = spec.config["table.include.list"].split(",")
-        assert included == [f"public.{table}" for table in _schema_tables()]
+        assert included == _schema_tables()
 
     def test_local_worker_sets_every_placeholder(self) -> None:
         """The local worker's environment defines every ${env:…} the shared file reads."""

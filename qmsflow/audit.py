@@ -1,0 +1,360 @@
+"""The Part 11 audit trail: one hash-chained `audit.record_change` row per regulated record.
+
+Chain protocol (implemented here and nowhere else; the table is migration 0006):
+  1. the sink calls `append_audit_trail` inside its batch transaction, after the table writes;
+  2. it takes a transaction-level advisory lock (`AUDIT_CHAIN_LOCK`), so concurrent sinks
+     append one at a time and the chain has a single order; the lock ends with the transaction;
+  3. it skips records already in the trail (`record_type`, `record_id` unique: a redelivered
+     record is audited once, under its first delivery's lineage);
+  4. each new row gets `seq` = head + 1 and `row_hash = sha256(prev_hash ‖ canonical_json(row))`,
+     where the canonical row is every column except the two hashes (`canonical_json`);
+  5. the rows commit, or roll back, with the records they describe.
+`verify_chain` recomputes steps 4 over the stored rows, in `seq` order, and names the first
+broken link: a gap in `seq`, a `prev_hash` that is not the previous row's hash, or a row whose
+content no longer yields its `row_hash` (a row changed with the trigger disabled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+#: advisory-lock key serialising appends to the chain (any fixed bigint; "qmsaudit")
+AUDIT_CHAIN_LOCK = 0x716D7361756469
+#: prev_hash of the first row
+GENESIS_HASH = "0" * 64
+#: the stage that issues records without a human author (commands, escalations)
+SYSTEM_USER = "qmsflow"
+
+#: audit columns in table order, the two hashes last (they are not part of the hashed row)
+AUDIT_COLUMNS = (
+    "seq",
+    "record_type",
+    "record_id",
+    "source_record_id",
+    "operation",
+    "changed_by",
+    "changed_at",
+    "reason",
+    "changes",
+    "signer_id",
+    "printed_name",
+    "signed_at",
+    "signature_meaning",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "schema_id",
+    "trace_id",
+    "logged_at",
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One regulated record's change, before it is given its place in the chain."""
+
+    record_type: str
+    record_id: str
+    source_record_id: str | None
+    changed_by: str
+    changed_at: datetime
+    reason: str | None
+    changes: list[dict[str, str | None]]
+    kafka_topic: str
+    kafka_partition: int
+    kafka_offset: int
+    operation: str = "create"
+    signer_id: str | None = None
+    printed_name: str | None = None
+    signed_at: datetime | None = None
+    signature_meaning: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    schema_id: int | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    """The first row at which the chain no longer holds."""
+
+    seq: int
+    record_type: str
+    record_id: str
+    problem: str
+
+
+@dataclass
+class ChainReport:
+    """What `verify_chain` found."""
+
+    rows: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    broken: BrokenLink | None = None
+    problems: list[BrokenLink] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        """Whether every link holds."""
+        return self.broken is None
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # one spelling per instant, whatever the session time zone a reader uses
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, list):
+        return [_canonical_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical_value(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)  # UUIDs and the like: their text form
+
+
+def canonical_json(row: Mapping[str, Any]) -> str:
+    """The row's canonical form: sorted keys, no spaces, UTC microsecond timestamps, UTF-8."""
+    return json.dumps(
+        {k: _canonical_value(row[k]) for k in AUDIT_COLUMNS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def link_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """sha256(prev_hash ‖ canonical_json(row)) as lowercase hex."""
+    return hashlib.sha256((prev_hash + canonical_json(row)).encode("utf-8")).hexdigest()
+
+
+# ---- which records are audited, and how ----------------------------------------------------
+
+
+def _json_field(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _quality_event(row: Mapping[str, Any]) -> AuditEntry:
+    audit = _json_field(row["audit"]) or {}
+    signature = _json_field(row["signature"]) or {}
+    changed_by = audit.get("changed_by") or signature.get("signer_id") or row["source_system"]
+    return AuditEntry(
+        record_type="quality_event",
+        record_id=str(row["event_id"]),
+        source_record_id=row["source_record_id"],
+        changed_by=str(changed_by),
+        changed_at=row["recorded_at"],
+        reason=audit.get("reason"),
+        changes=[
+            {"field": c["field"], "old_value": c.get("old_value"), "new_value": c.get("new_value")}
+            for c in audit.get("changes", [])
+        ],
+        signer_id=signature.get("signer_id"),
+        printed_name=signature.get("printed_name"),
+        signed_at=_timestamp(signature.get("signed_at")),
+        signature_meaning=signature.get("meaning"),
+        kafka_topic=row["kafka_topic"],
+        kafka_partition=row["kafka_partition"],
+        kafka_offset=row["kafka_offset"],
+        source_topic=row["source_topic"],
+        source_partition=row["source_partition"],
+        source_offset=row["source_offset"],
+        schema_id=row["source_schema_id"],
+        trace_id=row["trace_id"],
+    )
+
+
+def _created(fields: Mapping[str, Any], *names: str) -> list[dict[str, str | None]]:
+    return [
+        {"field": n, "old_value": None, "new_value": None if fields[n] is None else str(fields[n])}
+        for n in names
+    ]
+
+
+def _quarantine_command(row: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        record_type="quarantine_command",
+        record_id=str(row["command_id"]),
+        source_record_id=row["lot_id"],
+        changed_by=f"{SYSTEM_USER}:quarantine",
+        changed_at=row["issued_at"],
+        reason=row["reason"],
+        changes=_created(row, "action", "lot_id", "target_stock_type", "sap_movement_type"),
+        kafka_topic=row["kafka_topic"],
+        kafka_partition=row["kafka_partition"],
+        kafka_offset=row["kafka_offset"],
+    )
+
+
+def _escalation(row: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        record_type="escalation",
+        record_id=str(row["escalation_id"]),
+        source_record_id=row["record_key"],
+        changed_by=f"{SYSTEM_USER}:escalation",
+        changed_at=row["escalated_at"],
+        reason=f"{row['overdue_days']} days past due {row['due_date']}",
+        changes=_created(row, "level", "recipient_role"),
+        kafka_topic=row["kafka_topic"],
+        kafka_partition=row["kafka_partition"],
+        kafka_offset=row["kafka_offset"],
+    )
+
+
+def _signature_check(row: Mapping[str, Any]) -> AuditEntry:
+    problems = "; ".join(row["problems"])
+    return AuditEntry(
+        record_type="signature_check",
+        record_id=str(row["check_id"]),
+        source_record_id=row["source_record_id"],
+        changed_by=row["signer_id"],
+        changed_at=row["checked_at"],
+        reason=f"signature {row['status']}" + (f": {problems}" if problems else ""),
+        changes=_created(row, "event_id", "status"),
+        signer_id=row["signer_id"],
+        printed_name=row["printed_name"],
+        signed_at=row["signed_at"],
+        signature_meaning=row["meaning"],
+        kafka_topic=row["kafka_topic"],
+        kafka_partition=row["kafka_partition"],
+        kafka_offset=row["kafka_offset"],
+    )
+
+
+#: the regulated tables and how one of their rows becomes an audit entry
+AUDITED_TABLES = {
+    "qms.quality_event": _quality_event,
+    "qms.quarantine_command": _quarantine_command,
+    "qms.escalation": _escalation,
+    "qms.signature_check": _signature_check,
+}
+
+
+def audit_entries(
+    batch: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]],
+) -> list[AuditEntry]:
+    """The entries of a batch of rows per table (`table: (columns, rows)`), in chain order.
+
+    A record met twice keeps its first delivery (lowest offset), as the insert-only tables do;
+    the order is by lineage, so the same batch always chains the same way.
+    """
+    first: dict[tuple[str, str], AuditEntry] = {}
+    for table, (columns, rows) in batch.items():
+        to_entry = AUDITED_TABLES.get(table)
+        if to_entry is None:
+            continue
+        for values in rows:
+            entry = to_entry(dict(zip(columns, values, strict=True)))
+            key = (entry.record_type, entry.record_id)
+            kept = first.get(key)
+            if kept is None or _position(entry) < _position(kept):
+                first[key] = entry
+    return sorted(first.values(), key=lambda e: (*_position(e), e.record_type))
+
+
+def _position(entry: AuditEntry) -> tuple[str, int, int]:
+    return (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset)
+
+
+# ---- the database side ----------------------------------------------------------------------
+
+
+def append_audit_trail(
+    conn: psycopg.Connection[Any],
+    batch: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]],
+    *,
+    logged_at: datetime | None = None,
+) -> int:
+    """Chain the batch's regulated records into `audit.record_change` (steps 2–4).
+
+    Must run inside the caller's transaction; returns the rows appended.
+    """
+    entries = audit_entries(batch)
+    if not entries:
+        return 0
+    logged_at = logged_at or datetime.now(UTC)
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_CHAIN_LOCK,))
+    known: set[tuple[str, str]] = set()
+    by_type: dict[str, list[str]] = {}
+    for e in entries:
+        by_type.setdefault(e.record_type, []).append(e.record_id)
+    for record_type, ids in by_type.items():
+        known.update(
+            (record_type, rid)
+            for (rid,) in conn.execute(
+                "SELECT record_id FROM audit.record_change"
+                " WHERE record_type = %s AND record_id = ANY(%s)",
+                (record_type, ids),
+            )
+        )
+    fresh = [e for e in entries if (e.record_type, e.record_id) not in known]
+    if not fresh:
+        return 0
+    head = conn.execute(
+        "SELECT seq, row_hash FROM audit.record_change ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    seq, prev_hash = (0, GENESIS_HASH) if head is None else (head[0], head[1])
+    with conn.cursor() as cur:
+        columns = ", ".join((*AUDIT_COLUMNS, "prev_hash", "row_hash"))
+        with cur.copy(f"COPY audit.record_change ({columns}) FROM STDIN") as copy:
+            for entry in fresh:
+                seq += 1
+                row = {**asdict(entry), "seq": seq, "logged_at": logged_at}
+                row_hash = link_hash(prev_hash, row)
+                values = [row[c] for c in AUDIT_COLUMNS]
+                values[AUDIT_COLUMNS.index("changes")] = json.dumps(entry.changes)
+                copy.write_row([*values, prev_hash, row_hash])
+                prev_hash = row_hash
+    return len(fresh)
+
+
+def verify_chain(conn: psycopg.Connection[Any], *, all_problems: bool = False) -> ChainReport:
+    """Recompute the chain in `seq` order; `broken` is the first link that fails.
+
+    With `all_problems`, keep going and list every failing row (each judged against the stored
+    hash of the row before it, so one tampered row is reported once).
+    """
+    report = ChainReport()
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    columns = ", ".join((*AUDIT_COLUMNS, "prev_hash", "row_hash"))
+    with conn.transaction(), conn.cursor(name="audit_verify") as cur:
+        cur.itersize = 5000
+        cur.execute(f"SELECT {columns} FROM audit.record_change ORDER BY seq")
+        for values in cur:
+            row = dict(zip((*AUDIT_COLUMNS, "prev_hash", "row_hash"), values, strict=True))
+            problem = None
+            if row["seq"] != expected_seq:
+                problem = f"seq {row['seq']} follows {expected_seq - 1}: rows are missing"
+            elif row["prev_hash"] != prev_hash:
+                problem = "prev_hash is not the previous row's row_hash"
+            elif link_hash(row["prev_hash"], row) != row["row_hash"]:
+                problem = "content does not match row_hash: changed after it was written"
+            if problem is not None:
+                link = BrokenLink(row["seq"], row["record_type"], row["record_id"], problem)
+                report.problems.append(link)
+                if report.broken is None:
+                    report.broken = link
+                if not all_problems:
+                    break
+            report.rows += 1
+            report.head_seq, report.head_hash = row["seq"], row["row_hash"]
+            expected_seq, prev_hash = row["seq"] + 1, row["row_hash"]
+    return report

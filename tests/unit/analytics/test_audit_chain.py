@@ -1,0 +1,131 @@
+"""The audit trail's pure core: canonical rows, chained hashes and which records are audited."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from connectors.postgres_sink.rows import (
+    ESCALATION_COLUMNS,
+    QUALITY_EVENT_COLUMNS,
+    escalation_row,
+    quality_event_row,
+)
+from qmsflow.audit import GENESIS_HASH, audit_entries, canonical_json, link_hash
+from qmsflow.quality.event import Coordinates
+from tests.unit.connectors import stage_records as records
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def event_row(event_id: str, offset: int, **changes: object) -> tuple[object, ...]:
+    event = {**records.quality_event(event_id), **changes}
+    return quality_event_row(event, Coordinates("quality.events.v1", 0, offset))
+
+
+def chained_row(seq: int = 1) -> dict[str, object]:
+    (entry,) = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, [event_row("e1", 5)])})
+    return {**asdict(entry), "seq": seq, "logged_at": T0}
+
+
+class TestCanonicalRow:
+    def test_same_instant_same_text_in_any_time_zone(self) -> None:
+        """A timestamp read back in another session time zone canonicalises identically."""
+        row = chained_row()
+        shifted = {**row, "logged_at": T0.astimezone(timezone(timedelta(hours=-5)))}
+        assert canonical_json(row) == canonical_json(shifted)
+
+    def test_hash_is_sha256_of_previous_hash_and_canonical_row(self) -> None:
+        """row_hash = sha256(prev_hash ‖ canonical_json(row))."""
+        row = chained_row()
+        expected = hashlib.sha256((GENESIS_HASH + canonical_json(row)).encode()).hexdigest()
+        assert link_hash(GENESIS_HASH, row) == expected
+
+    def test_any_changed_field_changes_the_hash(self) -> None:
+        """Changing the reason, or the previous hash, gives another hash."""
+        row = chained_row()
+        assert link_hash(GENESIS_HASH, row) != link_hash(GENESIS_HASH, {**row, "reason": "x"})
+        assert link_hash(GENESIS_HASH, row) != link_hash("f" * 64, row)
+
+    def test_canonical_form_is_sorted_compact_json(self) -> None:
+        """Keys sorted, no spaces: one spelling per row."""
+        text = canonical_json(chained_row())
+        assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+
+
+class TestAuditEntries:
+    def test_who_why_old_new_and_signature_come_from_the_event(self) -> None:
+        """changed_by, reason, old/new values and the e-signature manifestation are kept."""
+        audit = {
+            "changed_by": "jdoe",
+            "reason": "MRB decision",
+            "changes": [{"field": "disposition", "old_value": None, "new_value": "scrap"}],
+        }
+        signature = {
+            "signer_id": "asmith",
+            "printed_name": "Alice Smith",
+            "signed_at": T0,
+            "meaning": "approval",
+        }
+        row = event_row("e1", 3, audit=audit, signature=signature)
+        (entry,) = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, [row])})
+        assert (entry.changed_by, entry.reason) == ("jdoe", "MRB decision")
+        assert entry.changes == audit["changes"]
+        assert (entry.printed_name, entry.signed_at, entry.signature_meaning) == (
+            "Alice Smith",
+            T0,
+            "approval",
+        )
+        assert (entry.kafka_topic, entry.kafka_partition, entry.kafka_offset) == (
+            "quality.events.v1",
+            0,
+            3,
+        )
+        assert (entry.source_topic, entry.schema_id) == ("qms.nonconformance.v1", 8)
+
+    def test_signer_then_source_system_when_no_audit_context(self) -> None:
+        """Without an audit context the signer, else the source system, is the author."""
+        signed = event_row(
+            "e1",
+            1,
+            signature={
+                "signer_id": "asmith",
+                "printed_name": "A",
+                "signed_at": T0,
+                "meaning": "review",
+            },
+        )
+        plain = event_row("e2", 2)
+        entries = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, [signed, plain])})
+        assert [e.changed_by for e in entries] == ["asmith", "QMS"]
+
+    def test_a_record_met_twice_is_audited_once_under_its_first_delivery(self) -> None:
+        """A republished record keeps the lowest offset, as the insert-only table does."""
+        rows = [event_row("e1", 9), event_row("e1", 4), event_row("e2", 6)]
+        entries = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, rows)})
+        assert [(e.record_id, e.kafka_offset) for e in entries] == [("e1", 4), ("e2", 6)]
+
+    def test_only_regulated_tables_are_audited(self) -> None:
+        """Escalations are audited as the system's own records; other tables are not."""
+        at = Coordinates("capa.escalations.v1", 1, 0)
+        row = escalation_row(records.escalation("QMS:CAPA-77", 2), at)
+        entries = audit_entries(
+            {
+                "qms.escalation": (ESCALATION_COLUMNS, [row]),
+                "qms.parked_event": (("event_id",), [("x",)]),
+            }
+        )
+        assert [(e.record_type, e.changed_by) for e in entries] == [
+            ("escalation", "qmsflow:escalation")
+        ]
+
+    @pytest.mark.parametrize("offsets", [(1, 2, 3), (3, 1, 2)])
+    def test_chain_order_is_by_lineage(self, offsets: tuple[int, ...]) -> None:
+        """The same rows chain in the same order whatever order they were buffered in."""
+        rows = [event_row(f"e{o}", o) for o in offsets]
+        entries = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, rows)})
+        assert [e.kafka_offset for e in entries] == [1, 2, 3]
