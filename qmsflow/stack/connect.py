@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from qmsflow.stack.process import (
     command_line,
     echo_stdout,
     exclusive,
+    fetch_classpath,
     is_alive,
     read_pid,
     tail,
@@ -218,57 +218,10 @@ class LocalConnect:
                     f"expected `{tool}` on PATH to fetch and run Kafka Connect {self.version}; "
                     f"install a JDK 17+ and Maven, or set {CONNECT_URL_ENV}"
                 )
-        shutil.rmtree(self.libs, ignore_errors=True)
-        self.libs.mkdir(parents=True)
-        progress(
-            f"Fetching Kafka Connect {self.version} and Debezium jars from Maven Central into "
-            f"{self.libs} (first run only) …"
+        jars = fetch_classpath(
+            self.pom, self.libs, f"Kafka Connect {self.version} and Debezium", progress
         )
-        command = [
-            "mvn",
-            "-B",
-            "-f",
-            str(self.pom),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={self.libs}",
-            "-DincludeScope=runtime",
-        ]
-        started = time.monotonic()
-        last_report = started
-        downloaded = 0
-        latest = "-"
-        output: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        with subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as maven:
-            assert maven.stdout is not None
-            for line in maven.stdout:
-                output.append(line.rstrip())
-                if "Downloaded from" in line:
-                    downloaded += 1
-                    latest = line.partition(": ")[2].split(" ", 1)[0].rsplit("/", 1)[-1]
-                now = time.monotonic()
-                if now - last_report >= 3:
-                    last_report = now
-                    copied = sum(1 for _ in self.libs.glob("*.jar"))
-                    progress(
-                        f"  … {downloaded} files downloaded (latest {latest}), "
-                        f"{copied} jars copied, {now - started:.0f} s"
-                    )
-        elapsed = time.monotonic() - started
-        jars = sum(1 for _ in self.libs.glob("*.jar"))
-        if maven.returncode != 0 or jars == 0:
-            raise StackError(
-                f"expected Maven to copy Kafka Connect {self.version}'s jars into {self.libs}, "
-                f"but it exited with code {maven.returncode} and {jars} jars; last lines:\n"
-                + "\n".join(output)
-            )
         self.libs_marker.write_text(f"{jars} jars from {self.pom}\n")
-        progress(f"  fetched {jars} jars ({downloaded} downloads) in {elapsed:.0f} s")
         return self.libs
 
     def up(self, echo: Echo = echo_stdout) -> None:

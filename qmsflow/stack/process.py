@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from qmsflow.errors import StackError
 
 #: where the stack reports progress: one human-readable line per call (`print`, `click.echo`)
 Echo = Callable[[str], None]
@@ -106,3 +110,65 @@ def exclusive(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: lines of Maven output kept for the error message when a fetch fails
+_MAVEN_TAIL_LINES = 30
+#: seconds between progress lines during a fetch
+_PROGRESS_EVERY = 3.0
+
+
+def fetch_classpath(pom: Path, libs: Path, label: str, progress: Echo) -> int:
+    """Copy a pom's run-time dependencies from Maven Central into `libs`; return the jar count.
+
+    Shows progress every few seconds (the first fetch downloads hundreds of files) and raises
+    StackError with Maven's last lines when it fails or copies nothing.
+    """
+    shutil.rmtree(libs, ignore_errors=True)
+    libs.mkdir(parents=True)
+    progress(f"Fetching {label} jars from Maven Central into {libs} (first run only) …")
+    command = [
+        "mvn",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    started = last_report = time.monotonic()
+    downloaded = 0
+    latest = "-"
+    output: deque[str] = deque(maxlen=_MAVEN_TAIL_LINES)
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as maven:
+        assert maven.stdout is not None
+        for line in maven.stdout:
+            output.append(line.rstrip())
+            if "Downloaded from" in line:
+                downloaded += 1
+                # "[INFO] Downloaded from central: https://…/kafka_2.13-4.1.1.jar (6.4 MB at …)"
+                latest = line.partition(": ")[2].split(" ", 1)[0].rsplit("/", 1)[-1]
+            now = time.monotonic()
+            if now - last_report >= _PROGRESS_EVERY:
+                last_report = now
+                copied = sum(1 for _ in libs.glob("*.jar"))
+                progress(
+                    f"  … {downloaded} files downloaded (latest {latest}), "
+                    f"{copied} jars copied, {now - started:.0f} s"
+                )
+    jars = sum(1 for _ in libs.glob("*.jar"))
+    if maven.returncode != 0 or jars == 0:
+        raise StackError(
+            f"expected Maven to copy {label} jars into {libs}, but it exited with code "
+            f"{maven.returncode} and {jars} jars; last lines:\n" + "\n".join(output)
+        )
+    progress(
+        f"  fetched {jars} jars ({downloaded} downloads) in {time.monotonic() - started:.0f} s"
+    )
+    return jars

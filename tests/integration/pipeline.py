@@ -58,6 +58,7 @@ class PipelineProcesses:
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait(10)  # reap it: an unreaped child is a ResourceWarning
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of both processes' logs, for failure messages."""
