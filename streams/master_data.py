@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
@@ -57,17 +58,24 @@ class MasterDataFeed:
             }
         )
         loop = asyncio.get_running_loop()
+        # One thread owns the consumer: when the worker stops, this task is cancelled while a
+        # poll may still run in that thread; closing from another thread then deadlocks
+        # librdkafka, so the close is queued behind the poll on the same thread.
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md-reader")
         try:
-            targets = await loop.run_in_executor(None, self._assign_all, consumer)
+            targets = await loop.run_in_executor(thread, self._assign_all, consumer)
             while not stopping():
-                messages = await loop.run_in_executor(None, consumer.consume, _BATCH, _POLL_SECONDS)
+                messages = await loop.run_in_executor(
+                    thread, consumer.consume, _BATCH, _POLL_SECONDS
+                )
                 for message in messages:
                     self._apply(message)
                 if not self.ready.is_set() and self._caught_up(consumer, targets):
                     log.info("master data ready: %d records applied", self.applied)
                     self.ready.set()
         finally:
-            consumer.close()
+            thread.submit(consumer.close)
+            thread.shutdown(wait=False)
 
     def _assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         metadata = consumer.list_topics(timeout=30).topics
