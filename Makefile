@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 QMSFLOW := $(BIN)/qmsflow
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test unit integration lint stack-up stack-down stack-status clean
+.PHONY: help install run test unit integration lint stack-up stack-down stack-status clean chart
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,3 +49,6 @@ stack-status: install ## show the local servers
 
 clean: stack-down ## stop the stack and delete its data (.stack/); cached jars are kept
 	rm -rf .stack
+
+chart: install ## build helm once (cached in ~/.cache/qmsflow/bin), lint and validate the chart
+	$(BIN)/pytest -q tests/deploy

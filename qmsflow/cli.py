@@ -341,6 +341,49 @@ def dlq_replay(
     click.echo(f"{len(done)} dead letters {'would be ' if dry_run else ''}replayed")
 
 
+# ---- acl ------------------------------------------------------------------------------------
+@main.group()
+def acl() -> None:
+    """Kafka ACLs per service account, derived from the topics and groups the code uses."""
+
+
+@acl.command("plan")
+@click.option(
+    "--format",
+    "output_format",
+    default="commands",
+    show_default=True,
+    type=click.Choice(["commands", "table"]),
+    help="kafka-acls.sh commands, or a table for review.",
+)
+@click.option(
+    "--principal",
+    "principals",
+    multiple=True,
+    metavar="SERVICE=PRINCIPAL",
+    help="Override a principal, e.g. sink=User:sink-prod (default User:qmsflow-<service>).",
+)
+def acl_plan(output_format: str, principals: tuple[str, ...]) -> None:
+    """Print the ACLs of the worker, sink, ERP adapter and migrate job for this environment."""
+    from qmsflow.acl import Service, plan_acls, render_commands, render_table
+    from qmsflow.topics import load_catalog
+
+    services: tuple[Service, ...] = ("worker", "sink", "erp-adapter", "migrate")
+    chosen: dict[Service, str] = {s: f"User:qmsflow-{s}" for s in services}
+    for item in principals:
+        service, sep, principal = item.partition("=")
+        if not sep or service not in services or not principal:
+            raise click.BadParameter(
+                f"expected SERVICE=PRINCIPAL with SERVICE one of {', '.join(services)}; "
+                f"got {item!r}",
+                param_hint="--principal",
+            )
+        chosen[service] = principal
+    acls = plan_acls(load_settings(), load_catalog())
+    render = render_commands if output_format == "commands" else render_table
+    click.echo(render(acls, chosen), nl=False)
+
+
 # ---- processes ------------------------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--loglevel", default="info", type=click.Choice(["crit", "error", "warn", "info"]))
@@ -362,6 +405,24 @@ def sink() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sink %(levelname)s %(message)s")
     stats = run_sink(load_settings(), echo=click.echo)
     click.echo(f"sink stopped: {stats.rows_inserted} rows in {stats.batches} batches")
+
+
+@main.command("erp-adapter")
+def erp_adapter() -> None:
+    """Apply quarantine commands to the ERP at QMSFLOW_ERP_BASE_URL until SIGTERM/SIGINT."""
+    import logging
+
+    from connectors.erp_adapter.adapter import run_erp_adapter
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s erp-adapter %(levelname)s %(message)s"
+    )
+    metrics = run_erp_adapter(load_settings())
+    click.echo(
+        f"erp adapter stopped: {metrics.applied} applied, {metrics.already_applied} already "
+        f"applied, {metrics.retried} retries, {metrics.dead_lettered} dead letters, breaker "
+        f"opened {metrics.breaker_opened}x"
+    )
 
 
 @main.group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -20,12 +21,19 @@ from typing import Any
 
 import click
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from connectors.debezium import registration
 from qmsflow import stack
 from qmsflow.demo.produce import DemoPublisher, ProduceReport, produce_demo
 from qmsflow.demo.scenarios import Scenario, bad_supplier_lot
+from qmsflow.demo.source_edits import RowRef, SourceEdit, SourceEditPlanner, SourceState
+from qmsflow.demo.traffic import PLANT
 from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
 from qmsflow.settings import Settings
+from qmsflow.stack.connect import LocalConnect, connect_url
+from qmsflow.stack.postgres import CDC_PASSWORD, CDC_ROLE, ERP_DATABASE
 from qmsflow.topics import load_catalog
 
 _SUMMARY_EVERY = 2.0  # seconds between live summary lines
@@ -34,6 +42,9 @@ _LATE_LOTS = 3  # lots whose master record comes halfway: enough to watch parkin
 _LOT_RECORD_DELAY = 5.0  # seconds the scenario's lot record trails its events: 2+ summary lines
 _SCENARIO_WAIT = 60.0  # seconds the scenario waits to see its events parked / its lot held
 _SCENARIO_HISTORY = timedelta(hours=3)  # the scenario happened before the demo traffic starts
+_EDIT_EVERY = 2.5  # seconds between source-database edits: one or two per summary line
+_MD_WAIT = 60.0  # seconds an edit may take to reach the golden tables (a cold worker: ~30 s)
+_CDC_TOPICS_TIMEOUT = 120.0  # seconds for a first snapshot of the demo database to make its topics
 
 
 @dataclass(frozen=True)
@@ -383,6 +394,260 @@ class _ScenarioPlayer:
                 time.sleep(0.5)
 
 
+# --------------------------------------------------------------------------- master data (CDC)
+
+#: the md topic of each golden-record kind the demo edits
+_MD_TOPICS = {
+    "supplier": "md.supplier.v1",
+    "lot": "md.lot.v1",
+    "equipment": "md.equipment.v1",
+    "employee": "md.employee.v1",
+}
+
+#: the CDC tables the demo database holds, as the connector file lists them
+_CAPTURED = tuple(
+    registration.load(registration.ERP_POSTGRES).config["table.include.list"].split(",")
+)
+
+
+def erp_conninfo(settings: Settings) -> str:
+    """The demo source database `erp` beside the sink database, as its owner."""
+    return make_conninfo(settings.dsn, dbname=ERP_DATABASE)
+
+
+def register_cdc(settings: Settings, echo: Callable[[str], None]) -> str:
+    """Register the Debezium connector of this environment (idempotent); wait for its topics.
+
+    A connector whose task FAILED (the stack recreated the demo database under its slot) is
+    deleted, its slot dropped, and registered again. Returns the connector's name.
+    """
+    url = connect_url(settings) or LocalConnect(settings).url
+    spec = registration.load(registration.ERP_POSTGRES)
+    name = f"{settings.topic_prefix}{spec.name}"
+    slot = registration.slot_name(settings.topic_prefix)
+    overrides = {"name": name, "topic.prefix": settings.topic("cdc.erp"), "slot.name": slot}
+    try:
+        registration.register(url, registration.ERP_POSTGRES, overrides)
+    except registration.ConnectorError as error:
+        if "FAILED" not in str(error):
+            raise
+        echo(f"  connector {name} had failed; registering it again")
+        registration.delete(url, name)
+        cdc = make_conninfo(erp_conninfo(settings), user=CDC_ROLE, password=CDC_PASSWORD)
+        with psycopg.connect(cdc, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                (slot,),
+            )
+        registration.register(url, registration.ERP_POSTGRES, overrides)
+    topics = {settings.topic(f"cdc.erp.{table}") for table in _CAPTURED}
+    deadline = time.monotonic() + _CDC_TOPICS_TIMEOUT
+    # the worker's master-data agent subscribes to the CDC topics present when it starts
+    while not topics <= set(end_offsets(settings, topics)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the connector {name} did not create its CDC topics in time")
+        time.sleep(0.5)
+    echo(f"  connector {name} RUNNING on {url}: {len(topics)} CDC topics")
+    return name
+
+
+def read_source_state(conninfo: str) -> SourceState:
+    """What the demo edits start from, read from the source database now."""
+    with psycopg.connect(conninfo) as conn:
+        approvals = {
+            str(s): str(a)
+            for s, a in conn.execute(
+                "SELECT supplier_id, approval_status FROM qms.supplier_approval"
+            )
+        }
+        calibrations = {
+            str(e): (str(c), str(q))
+            for e, c, q in conn.execute(
+                "SELECT a.equipment_id, a.calibration_status, s.calibration_status"
+                " FROM cmms.asset a JOIN qms.equipment_status s USING (equipment_id)"
+            )
+        }
+        trainings = {
+            str(e): [str(c) for c in courses]
+            for e, courses in conn.execute(
+                "SELECT employee_id, coalesce(array_agg(t ->> 'course')"
+                " FILTER (WHERE t ->> 'course' IS NOT NULL), '{}')"
+                " FROM lms.training_transcript LEFT JOIN LATERAL"
+                " jsonb_array_elements(trainings) t ON true GROUP BY employee_id"
+            )
+        }
+    parts = {p.number: (p.product_line, p.supplier_id) for p in PLANT.parts}
+    sites = {line: PLANT.sites_of(line) for line, _ in parts.values()}
+    return SourceState(approvals, calibrations, trainings, parts, sites)
+
+
+@dataclass(frozen=True)
+class AppliedEdit:
+    """An edit committed to the source database, at the database's commit time."""
+
+    edit: SourceEdit
+    committed_at: datetime
+
+
+@dataclass(frozen=True)
+class GoldenView:
+    """The newest golden version the sink loaded for an entity since an edit."""
+
+    version: int
+    source: str
+
+
+def render_md_line(
+    applied: AppliedEdit, view: GoldenView | None, conflicts: int, history_rows: int
+) -> str:
+    """One line about an edit's way into the golden tables.
+
+    `view` is None when no new version arrived (the edit lost to a more trusted source, or
+    did not arrive in time); `conflicts` and `history_rows` count this run's rows.
+    """
+    edit = applied.edit
+    if view is not None:
+        outcome = f"golden v{view.version} ({view.source})"
+    elif edit.disagrees:
+        outcome = "conflict, golden unchanged (a more trusted source wins)"
+    else:
+        outcome = "no new golden version"
+    return (
+        f"md: {edit.entity} {edit.entity_id} {edit.change} → {outcome} | conflicts "
+        f"{conflicts} | history rows +{history_rows}"
+    )
+
+
+@dataclass
+class MasterDataNarrator:
+    """Tells each applied edit once, when its golden version is in Postgres or it timed out."""
+
+    settings: Settings
+    since: datetime
+    pending: list[AppliedEdit] = field(default_factory=list)
+
+    def tell(self, conn: _Connection, now: datetime) -> list[str]:
+        """Lines for the pending edits that reached the golden tables or waited `_MD_WAIT`."""
+        lines: list[str] = []
+        waiting: list[AppliedEdit] = []
+        counts: tuple[int, int] | None = None
+        for applied in self.pending:
+            view = self._view(conn, applied)
+            overdue = (now - applied.committed_at).total_seconds() > _MD_WAIT
+            conflicted = applied.edit.disagrees and self._conflicted(conn, applied)
+            if view is None and not overdue and not conflicted:
+                waiting.append(applied)
+                continue
+            counts = counts or self._counts(conn)
+            lines.append(render_md_line(applied, view, *counts))
+        self.pending = waiting
+        return lines
+
+    def _view(self, conn: _Connection, applied: AppliedEdit) -> GoldenView | None:
+        row = conn.execute(
+            "SELECT version, source FROM qms.golden_record_history"
+            " WHERE kind = %s AND entity_id = %s AND kafka_topic = %s AND loaded_at >= %s"
+            " ORDER BY version DESC LIMIT 1",
+            (
+                applied.edit.entity,
+                applied.edit.entity_id,
+                self.settings.topic("md.history.v1"),
+                applied.committed_at,
+            ),
+        ).fetchone()
+        return GoldenView(int(row[0]), str(row[1])) if row else None
+
+    def _conflicted(self, conn: _Connection, applied: AppliedEdit) -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM qms.md_conflict WHERE kind = %s AND entity_id = %s"
+            " AND kafka_topic = %s AND loaded_at >= %s",
+            (
+                applied.edit.entity,
+                applied.edit.entity_id,
+                self.settings.topic("md.conflicts.v1"),
+                applied.committed_at,
+            ),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _counts(self, conn: _Connection) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM qms.md_conflict WHERE kafka_topic = %s),"
+            " (SELECT count(*) FROM qms.golden_record_history"
+            "   WHERE kafka_topic = %s AND loaded_at >= %s)",
+            (
+                self.settings.topic("md.conflicts.v1"),
+                self.settings.topic("md.history.v1"),
+                self.since,
+            ),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+class _SourceEditor:
+    """Applies a planned source edit every `_EDIT_EVERY` seconds in a thread, until stopped.
+
+    The first time an edit updates a row, the row is saved; `restore()` writes the saved values
+    back after the demo, so the demo database keeps the state its seed describes (new batches
+    stay: they are new rows, not edits of seeded ones).
+    """
+
+    def __init__(self, conninfo: str, planner: SourceEditPlanner) -> None:
+        self.conninfo = conninfo
+        self.planner = planner
+        self.applied: queue.SimpleQueue[AppliedEdit] = queue.SimpleQueue()
+        self.failure: BaseException | None = None
+        self.stopped = threading.Event()
+        self._saved: dict[RowRef, str] = {}
+        self._lock = threading.Lock()  # a restore waits for an edit being applied
+
+    def run(self) -> None:
+        """Edit until `stopped` is set; a failure is kept in `failure` for the main loop."""
+        try:
+            while not self.stopped.wait(_EDIT_EVERY):
+                self.applied.put(self.apply(self.planner.next_edit(datetime.now(UTC))))
+        except Exception as error:  # the main loop reports it; a thread cannot raise to it
+            self.failure = error
+
+    def apply(self, edit: SourceEdit) -> AppliedEdit:
+        """Commit one edit in one transaction; returns it with the database's commit time."""
+        with self._lock, psycopg.connect(self.conninfo) as conn:
+            for ref in edit.rows:
+                if ref not in self._saved:
+                    row = conn.execute(
+                        sql.SQL("SELECT to_jsonb(t)::text FROM {} t WHERE {} = %s").format(
+                            sql.Identifier(*ref.table.split(".")), sql.Identifier(ref.id_column)
+                        ),
+                        (ref.entity_id,),
+                    ).fetchone()
+                    if row is not None:
+                        self._saved[ref] = str(row[0])
+            for statement in edit.statements:
+                conn.execute(statement.sql, statement.params)
+            row = conn.execute("SELECT now()").fetchone()
+        return AppliedEdit(edit, row[0] if row else datetime.now(UTC))
+
+    def restore(self) -> int:
+        """Write every edited row's saved values back; returns how many rows."""
+        with self._lock, psycopg.connect(self.conninfo) as conn:
+            for ref, saved in self._saved.items():
+                table = sql.Identifier(*ref.table.split("."))
+                columns = [sql.Identifier(c) for c in json.loads(saved) if c != ref.id_column]
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {table} SET ({cols}) = (SELECT {cols} FROM"
+                        " jsonb_populate_record(NULL::{table}, %s::jsonb)) WHERE {key} = %s"
+                    ).format(
+                        table=table,
+                        cols=sql.SQL(", ").join(columns),
+                        key=sql.Identifier(ref.id_column),
+                    ),
+                    (saved, ref.entity_id),
+                )
+        return len(self._saved)
+
+
 def _sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
 
@@ -396,6 +661,8 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
     echo("== topics and database")
     create_topics(settings, load_catalog(), echo)
     migrate(settings.dsn, echo)
+    echo("== master data: the Debezium connector on the demo source database")
+    register_cdc(settings, echo)
     before = read_counts(settings)
     since = database_now(settings)
     seed = int(time.time())  # fresh event ids, lots and record numbers on every run
@@ -405,16 +672,23 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
     scenario_events = len(scenario.trouble) + 1  # the disposition is an event too
     narrator = ScenarioNarrator(scenario.lot_id, len(scenario.trouble))
     player = _ScenarioPlayer(settings, scenario, since)
+    erp = erp_conninfo(settings)
+    editor = _SourceEditor(
+        erp, SourceEditPlanner(seed, read_source_state(erp), lot_prefix=f"LD{seed % 100000:05d}")
+    )
+    md_narrator = MasterDataNarrator(settings, since)
     echo(f"== starting the stream worker and the sink (logs in {settings.stack_dir / 'logs'})")
     with ExitStack() as running:
         worker = start_process(settings, "worker", ["worker", "--loglevel", "warn"])
         running.callback(stop_process, worker)
         sink = start_process(settings, "sink", ["sink"])
         running.callback(stop_process, sink)
+        running.callback(_restore_source, editor, echo)
         echo(
             f"== producing {count} demo records at {rate:.0f}/s (10% duplicates, 20 corrupt, "
             f"{_LATE_LOTS} lots' master records late); bad supplier lot {scenario.lot_id} at a "
-            "third of the run, its disposition at two thirds"
+            "third of the run, its disposition at two thirds; a source-database edit every "
+            f"{_EDIT_EVERY:g} s (QMS approvals, ERP batches, CMMS calibrations, LMS training)"
         )
         report: list[ProduceReport] = []
         failures: list[BaseException] = []
@@ -443,6 +717,9 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
             target=player.play, args=(started, count / rate if rate else 0.0), daemon=True
         )
         playing.start()
+        editing = threading.Thread(target=editor.run, daemon=True)
+        editing.start()
+        running.callback(editor.stopped.set)
         drained_since: float | None = None
         while True:
             time.sleep(_SUMMARY_EVERY)
@@ -454,6 +731,10 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
                 raise SystemExit(f"producing the demo traffic failed: {failures[0]}")
             if player.failure is not None:
                 raise SystemExit(f"publishing the scenario failed: {player.failure}")
+            if editor.failure is not None:
+                raise SystemExit(f"editing the source database failed: {editor.failure}")
+            while not editor.applied.empty():
+                md_narrator.pending.append(editor.applied.get())
             while not player.news.empty():
                 echo(player.news.get())
             try:
@@ -461,6 +742,7 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
                 with psycopg.connect(settings.dsn, autocommit=True) as conn:
                     stages = read_stage_counts(conn, settings, since)
                     snapshot = read_scenario(conn, settings, scenario.lot_id, since)
+                    md_lines = md_narrator.tell(conn, database_now(settings))
             except psycopg.OperationalError as error:  # a restart elsewhere; the sink retries too
                 echo(f"  (Postgres unavailable, retrying: {str(error).splitlines()[0]})")
                 continue
@@ -468,10 +750,15 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
             echo(stages.render())
             for line in narrator.tell(snapshot):
                 echo(click.style(f">> {line}", fg="green", bold=True))
+            for line in md_lines:
+                echo(click.style(f"   {line}", fg="cyan"))
             if producer.is_alive() or playing.is_alive() or not report:
                 continue
+            editor.stopped.set()  # the demo is over; what was edited is still told
             sent = report[0]
             missing = unfinished(now, sent, scenario_events, snapshot.release is not None)
+            if not missing and (md_narrator.pending or not editor.applied.empty()):
+                continue  # each edit is told within _MD_WAIT of its commit
             if not missing:
                 echo(
                     f"== done: {sent.sent + sent.corrupt + scenario_events} records in, "
@@ -491,6 +778,13 @@ def run_local(settings: Settings, *, count: int, rate: float, echo: Callable[[st
         f"query the results: psql '{settings.dsn}' -c 'select event_type, count(*) "
         "from qms.quality_event group by 1'"
     )
+
+
+def _restore_source(editor: _SourceEditor, echo: Callable[[str], None]) -> None:
+    editor.stopped.set()
+    restored = editor.restore()
+    if restored:
+        echo(f"== source database: {restored} edited rows set back to their seeded values")
 
 
 def _tail(path: Path, echo: Callable[[str], None], lines: int = 30) -> None:

@@ -12,13 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: the repository root: where `schemas/`, `.stack/` and the lock file live in a checkout
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 StoreKind = Literal["rocksdb", "memory"]
+LogFormat = Literal["json", "text"]
 
 
 class Settings(BaseSettings):
@@ -96,6 +97,76 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(
         default=6066, description="QMSFLOW_WEB_PORT: Faust worker's web port (metrics, status)."
+    )
+    # ---- ERP adapter (connectors/erp_adapter, docs/erp-adapter.md) ----
+    erp_base_url: str | None = Field(
+        default=None,
+        description="QMSFLOW_ERP_BASE_URL: the ERP API's base URL (http or https, may carry a "
+        "path); request paths from the mapping are appended. Required by `qmsflow erp-adapter`.",
+    )
+    erp_api_token: SecretStr | None = Field(
+        default=None,
+        description="QMSFLOW_ERP_API_TOKEN: bearer token sent as `Authorization` to the ERP; "
+        "unset = no Authorization header. Never logged.",
+    )
+    erp_mapping_file: Path | None = Field(
+        default=None,
+        description="QMSFLOW_ERP_MAPPING_FILE: the request mapping (TOML); unset = the shipped "
+        "qmsflow/config/erp_mapping.toml (SAP QM blocked-stock postings).",
+    )
+    erp_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="QMSFLOW_ERP_TIMEOUT: seconds to wait for the ERP's answer to one request; "
+        "a timeout is a transient failure (the resend carries the same idempotency key).",
+    )
+    erp_retry_backoff: float = Field(
+        default=0.5,
+        ge=0,
+        description="QMSFLOW_ERP_RETRY_BACKOFF: seconds before the first retry of a transient "
+        "failure; doubles per failure up to QMSFLOW_ERP_RETRY_BACKOFF_MAX.",
+    )
+    erp_retry_backoff_max: float = Field(
+        default=8.0,
+        ge=0,
+        description="QMSFLOW_ERP_RETRY_BACKOFF_MAX: the longest wait between two retries.",
+    )
+    erp_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="QMSFLOW_ERP_BREAKER_FAILURES: consecutive transient failures that open the "
+        "circuit breaker and pause consumption.",
+    )
+    erp_breaker_cooldown: float = Field(
+        default=30.0,
+        ge=0,
+        description="QMSFLOW_ERP_BREAKER_COOLDOWN: seconds an open breaker waits before one "
+        "half-open probe; a failed probe waits this long again.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="QMSFLOW_OTLP_ENDPOINT: OTLP/HTTP collector base URL (e.g. "
+        "http://otel-collector:4318); spans are exported there when set.",
+    )
+    trace_file: Path | None = Field(
+        default=None,
+        description="QMSFLOW_TRACE_FILE: append every finished span to this file as one JSON "
+        "line (tests and local debugging); unset = no file.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        description="QMSFLOW_METRICS_PORT: port of the worker's Prometheus /metrics endpoint; "
+        "0 = off.",
+    )
+    sink_metrics_port: int = Field(
+        default=0,
+        description="QMSFLOW_SINK_METRICS_PORT: port of the sink's Prometheus /metrics "
+        "endpoint; 0 = off (a separate setting, so a worker and a sink can share a host).",
+    )
+    log_format: LogFormat = Field(
+        default="json",
+        description="QMSFLOW_LOG_FORMAT: json (one object per line, with trace and correlation "
+        "ids; secrets redacted) or text.",
     )
 
     @property

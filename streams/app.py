@@ -7,12 +7,15 @@ dedup and the transactional sink, not from the transport.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 import faust
 
+from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.logging_setup import faust_logging_config
 from qmsflow.quality.data_dictionary import load_dictionary
 from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
@@ -23,6 +26,11 @@ from streams.ingest import register_ingest_agent
 from streams.master_data import MasterDataFeed
 from streams.quality import register_quality_agent
 from streams.ticks import register_ticks
+
+log = logging.getLogger(__name__)
+
+#: seconds between consumer-lag samples: Prometheus scrapes every 15–30 s, so finer is wasted
+_LAG_INTERVAL = 10.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -45,6 +53,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.web_port > 0,
         stream_wait_empty=True,
         table_standby_replicas=0,  # single-node dev default; Helm sets it for production
+        logging_config=faust_logging_config(settings),
     )
     codec = AvroCodec(open_registry(settings))
     stage = IngestStage(codec, catalog, load_dictionary(), topic_prefix=settings.topic_prefix)
@@ -59,13 +68,34 @@ def create_app(settings: Settings) -> faust.App:
     register_correlate_agent(app, settings, codec, catalog)
     register_golden_record_agent(app, settings, codec)
     register_ticks(app, settings, codec)
+
+    @app.timer(interval=_LAG_INTERVAL)
+    async def report_lag() -> None:
+        await _report_lag(app)
+
     return app
+
+
+async def _report_lag(app: faust.App) -> None:
+    """Set `qmsflow_consumer_lag` for every assigned partition (highwater minus position)."""
+    consumer: Any = app.consumer
+    group = app.conf.id
+    for tp in list(consumer.assignment()):
+        try:
+            highwater = consumer.highwater(tp)
+            position = await consumer.position(tp)
+        except Exception:  # a partition revoked mid-sample; the next sample is correct again
+            log.debug("no lag for %s", tp, exc_info=True)
+            continue
+        if highwater is not None and position is not None:
+            telemetry.record_lag(group, tp.topic, tp.partition, highwater - position)
 
 
 def run_worker(
     settings: Settings, *, loglevel: str = "info", extra: list[str] | None = None
 ) -> Any:
     """Run the worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    telemetry.start_telemetry(settings, "qmsflow-worker", metrics_port=settings.metrics_port)
     app = create_app(settings)
     # Faust's command line reads sys.argv; this process is the worker, so it is ours to set.
     web = ["--without-web"] if settings.web_port == 0 else ["--web-port", str(settings.web_port)]

@@ -8,16 +8,20 @@ measured in event time (the newest `occurred_at` seen on the partition), so repl
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
+from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
+from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.correlation import IncidentState, close_quiet, correlate, load_rules
 from qmsflow.quality.event import event_from_avro
 from qmsflow.quality.ingest import CANONICAL_SUBJECT
+from qmsflow.quality.sla import check as check_sla
+from qmsflow.quality.sla import load_sla_rules
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.outbox import Outbox
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INCIDENT_SUBJECT = "quality.incidents.v1-value"
 ALERT_SUBJECT = "quality.alerts.v1-value"
+SLA_BREACH_SUBJECT = "ops.sla-breaches.v1-value"
 
 
 def register_correlate_agent(
@@ -48,6 +53,10 @@ def register_correlate_agent(
     alerts_out = app.topic(
         settings.topic("quality.alerts.v1"), key_serializer="raw", value_serializer="raw"
     )
+    sla_out = app.topic(
+        settings.topic("ops.sla-breaches.v1"), key_serializer="raw", value_serializer="raw"
+    )
+    sla_rules = load_sla_rules()
     incidents = app.Table("incidents", default=None, key_type=str, partitions=partitions)
     watermarks = app.Table(
         "correlation-watermarks", default=None, key_type=str, partitions=partitions
@@ -76,22 +85,50 @@ def register_correlate_agent(
             keys_of(partition).discard(state.root_cause_key)
 
     async def on_event(message: Any) -> None:
+        incoming = header_pairs(message.headers)
+        with telemetry.stage_span("correlate", incoming) as span:
+            await on_traced_event(message, span, incoming)
+
+    async def on_traced_event(
+        message: Any, span: Any, incoming: list[tuple[str, bytes | None]]
+    ) -> None:
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
         except ContractError:
             # Written by the quality agent from an already decoded event: a bug, not input.
             log.exception("undecodable record on %s", message.topic)
             raise
+        telemetry.annotate(span, event)
+        telemetry.record_event("in", "correlate", "quality.correlation.v1", event["event_type"])
+        headers = telemetry.output_headers(span, incoming, correlation_id=event["correlation_id"])
         key = message.key.decode("utf-8")
         stored = incidents.get(key)
         state = None if stored is None else IncidentState.from_dict(stored["state"])
         result = correlate(state, event, rules)
-        outbox = Outbox(codec)
+        outbox = Outbox(codec, stage="correlate", topic_prefix=settings.topic_prefix)
+        outbox.event_type = event["event_type"]
+        verdicts = []
         for record in result.incidents:
-            outbox.add(incidents_out, INCIDENT_SUBJECT, record.incident_id, record.to_avro())
+            incident = record.to_avro()
+            outbox.add(incidents_out, INCIDENT_SUBJECT, record.incident_id, incident, headers)
+            if event["event_id"] not in record.member_event_ids:
+                continue  # the closing view of an earlier incident, not this event's output
+            measured = check_sla(
+                sla_rules, event, "incident", record.incident_id, datetime.now(UTC)
+            )
+            for sla in measured:
+                if sla.breach is not None:
+                    breach, line = sla.breach.to_avro(), event["product_line"]
+                    outbox.add(sla_out, SLA_BREACH_SUBJECT, line, breach, headers)
+            verdicts.extend(measured)
         if result.alert is not None:
-            outbox.add(alerts_out, ALERT_SUBJECT, result.alert.incident_id, result.alert.to_avro())
+            alert = result.alert.to_avro()
+            outbox.add(alerts_out, ALERT_SUBJECT, result.alert.incident_id, alert, headers)
         await outbox.deliver()
+        for verdict in verdicts:
+            telemetry.record_sla(verdict)
+        if result.incidents:
+            telemetry.record_end_to_end("quality.incidents.v1", event["recorded_at"])
         if result.state is not None and result.state != state:
             store(message.partition, result.state)
         previous = watermarks.get(str(message.partition))

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
@@ -89,10 +90,19 @@ def register_ingest_agent(
 
     async def handle(record: Any) -> None:
         message = _raw_message(record)
+        # The span continues the producer's traceparent, or starts the event's trace.
+        with telemetry.stage_span("ingest", message.headers) as span:
+            await handle_traced(message, span)
+
+    async def handle_traced(message: RawMessage, span: Any) -> None:
+        logical_topic = message.topic.removeprefix(settings.topic_prefix)
         outcome = stage.decode(message)
         if isinstance(outcome, DeadLettered):
+            telemetry.record_event("in", "ingest", logical_topic, None)
             await _publish_dead_letter(dlq, codec, outcome.letter, message)
             return
+        telemetry.annotate(span, outcome)
+        telemetry.record_event("in", "ingest", logical_topic, outcome["event_type"])
         stored = seen_table.get(outcome["event_id"])
         judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
         if isinstance(judged, Duplicate):
@@ -100,6 +110,8 @@ def register_ingest_agent(
         if isinstance(judged, DeadLettered):
             await _publish_dead_letter(dlq, codec, judged.letter, message)
             return
+        # After judging: the dedup fingerprint covers content, not which delivery traced it.
+        outcome["trace_id"] = telemetry.trace_id_hex(span)
         try:
             encoded = codec.encode(CANONICAL_SUBJECT, dict(outcome))
         except ContractError as error:  # our canonical contract and model disagree: a bug
@@ -110,9 +122,11 @@ def register_ingest_agent(
         delivered = await canonical.send(
             key=outcome["product_line"].encode("utf-8"),
             value=encoded,
-            headers=_output_headers(message),
+            headers=_output_headers(message, span),
         )
         await delivered
+        telemetry.record_event("out", "ingest", "quality.events.v1", outcome["event_type"])
+        telemetry.record_end_to_end("quality.events.v1", outcome["recorded_at"])
         seen_table[outcome["event_id"]] = list(judged.seen)
         queue = expiry_queue()
         queue.remember(outcome["event_id"], judged.seen)
@@ -136,8 +150,13 @@ def _raw_message(msg: Any) -> RawMessage:
     )
 
 
-def _output_headers(message: RawMessage) -> list[tuple[str, bytes]]:
+def _output_headers(message: RawMessage, span: Any) -> list[tuple[str, bytes]]:
     headers = [(k, v) for k, v in message.headers if k in PROPAGATED_HEADERS and v is not None]
+    # the producer's traceparent is replaced by the ingest span's: the next stage is its child
+    headers = [(k, v) for k, v in headers if k != telemetry.TRACEPARENT]
+    parent = telemetry.TraceParent.of(span)
+    if parent is not None:
+        headers.append((telemetry.TRACEPARENT, parent.header().encode("ascii")))
     headers.append(("content-type", CONTENT_TYPE))
     return headers
 
@@ -146,6 +165,7 @@ async def _publish_dead_letter(
     dlq: faust.TopicT, codec: AvroCodec, letter: Any, message: RawMessage
 ) -> None:
     log.warning("dead letter %s: %s", letter["reason_code"], letter["reason"])
+    telemetry.record_dead_letter("ingest", letter["reason_code"])
     delivered = await dlq.send(
         key=message.key,
         value=codec.encode(DEAD_LETTER_SUBJECT, dict(letter)),

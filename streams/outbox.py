@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 
 #: content-type header of every record qmsflow publishes (Confluent-framed Avro)
@@ -23,8 +24,12 @@ CONTENT_TYPE = b"application/vnd.confluent.avro"
 class Outbox:
     """Records to publish for one input, sent as a batch and awaited together."""
 
-    def __init__(self, codec: AvroCodec) -> None:
+    def __init__(self, codec: AvroCodec, *, stage: str = "stream", topic_prefix: str = "") -> None:
         self._codec = codec
+        self._stage = stage
+        self._prefix = topic_prefix
+        #: the input's event type, for the `qmsflow_events_out_total` label (set once decoded)
+        self.event_type: str | None = None
         self._pending: list[tuple[faust.TopicT, bytes | None, bytes, list[tuple[str, bytes]]]] = []
 
     def add(
@@ -60,5 +65,9 @@ class Outbox:
             await topic.send(key=key, value=value, headers=headers)
             for topic, key, value, headers in self._pending
         ]
+        names = [topic.get_topic_name() for topic, _, _, _ in self._pending]
         self._pending.clear()
         await asyncio.gather(*futures)
+        for name in names:
+            logical = name.removeprefix(self._prefix)
+            telemetry.record_event("out", self._stage, logical, self.event_type)

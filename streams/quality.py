@@ -20,8 +20,10 @@ from typing import Any
 
 import faust
 
+from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
+from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.correlation import load_rules as load_correlation_rules
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.escalation import (
@@ -52,6 +54,8 @@ from qmsflow.quality.signature import (
     load_signature_rules,
     signature_check_record,
 )
+from qmsflow.quality.sla import SlaVerdict, load_sla_rules
+from qmsflow.quality.sla import check as check_sla
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.master_data import MasterDataFeed
@@ -64,6 +68,7 @@ COMMAND_SUBJECT = "inventory.quarantine-commands.v1-value"
 ESCALATION_SUBJECT = "capa.escalations.v1-value"
 TICK_SUBJECT = "quality.ticks.v1-value"
 SIGNATURE_SUBJECT = "quality.signature-checks.v1-value"
+SLA_BREACH_SUBJECT = "ops.sla-breaches.v1-value"
 
 #: the partition watermark is persisted only when it moved this far: one changelog write per
 #: event would double the agent's writes, and a slightly old watermark after a restart only
@@ -135,6 +140,7 @@ def register_quality_agent(
     escalations_out = raw_topic("capa.escalations.v1")
     signatures_out = raw_topic("quality.signature-checks.v1")
     dlq = raw_topic("quality.dlq.v1")
+    sla_out = raw_topic("ops.sla-breaches.v1")
 
     def table(name: str) -> Any:
         return app.Table(name, default=None, key_type=str, partitions=partitions)
@@ -149,6 +155,7 @@ def register_quality_agent(
     escalation_rules = load_escalation_rules()
     correlation_rules = load_correlation_rules()
     signature_rules = load_signature_rules()
+    sla_rules = load_sla_rules()
     deadline = integrity_rules.parking_deadline
     memory: dict[int, PartitionMemory] = {}
 
@@ -175,9 +182,20 @@ def register_quality_agent(
         return mem
 
     def evaluate(
-        event: QualityEvent, value: bytes, partition: int, outbox: Outbox, writes: StagedWrites
-    ) -> None:
-        """Signature check, quarantine, escalation and the correlation hand-off of an event."""
+        event: QualityEvent,
+        value: bytes,
+        partition: int,
+        outbox: Outbox,
+        writes: StagedWrites,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> list[SlaVerdict]:
+        """Signature check, quarantine, escalation and the correlation hand-off of an event.
+
+        Outputs carry `headers` (the trace context); returns the SLA measurements of the
+        quarantine commands, to be counted once they are delivered.
+        """
+        headers = headers or []
+        verdicts: list[SlaVerdict] = []
         signature = event["signature"]
         if signature is not None:
             employee = feed.employees.get(str(signature.get("signer_id")))
@@ -187,13 +205,27 @@ def register_quality_agent(
                 SIGNATURE_SUBJECT,
                 event["product_line"],
                 signature_check_record(event, verdict),
+                headers,
             )
         for lot in lots_touched(event, quarantine_rules, feed.index):
             stored = writes.get(holds_table, lot)
             hold = None if stored is None else LotHoldState.from_dict(stored)
             new_hold, commands = decide(hold, lot, event, quarantine_rules)
             for command in commands:
-                outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro())
+                outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro(), headers)
+                measured = check_sla(
+                    sla_rules,
+                    event,
+                    "quarantine_command",
+                    command.command_id,
+                    datetime.now(UTC),
+                    action=command.action,
+                )
+                for sla in measured:
+                    if sla.breach is not None:
+                        breach, line = sla.breach.to_avro(), event["product_line"]
+                        outbox.add(sla_out, SLA_BREACH_SUBJECT, line, breach, headers)
+                verdicts.extend(measured)
             if new_hold is not None and new_hold != hold:
                 writes.put(holds_table, lot, new_hold.to_dict())
         if event["event_type"] in DUE_DATE_FIELD:
@@ -205,7 +237,9 @@ def register_quality_agent(
             if tracked is not None and mem.watermark is not None:
                 tracked, escalations = escalate(tracked, mem.watermark, escalation_rules)
                 for escalation in escalations:
-                    outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
+                    outbox.add(
+                        escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro(), headers
+                    )
             if tracked != state:
                 writes.put(
                     tracked_table,
@@ -220,11 +254,19 @@ def register_quality_agent(
                     mem.tracked_keys.add(key)
         root_cause = correlation_rules.root_cause_key(event)
         if root_cause is not None:
-            outbox.add_encoded(correlation_out, root_cause, value)
+            outbox.add_encoded(correlation_out, root_cause, value, headers)
+        return verdicts
 
     async def on_event(message: Any) -> None:
+        incoming = header_pairs(message.headers)
+        with telemetry.stage_span("quality", incoming) as span:
+            await on_traced_event(message, span, incoming)
+
+    async def on_traced_event(
+        message: Any, span: Any, incoming: list[tuple[str, bytes | None]]
+    ) -> None:
         partition = message.partition
-        outbox = Outbox(codec)
+        outbox = Outbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
         except ContractError as error:
@@ -233,7 +275,12 @@ def register_quality_agent(
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
             await outbox.deliver()
+            telemetry.record_dead_letter("quality", letter["reason_code"])
             return
+        telemetry.annotate(span, event)
+        telemetry.record_event("in", "quality", "quality.events.v1", event["event_type"])
+        outbox.event_type = event["event_type"]
+        headers = telemetry.output_headers(span, incoming, correlation_id=event["correlation_id"])
         mem = partition_memory(partition)
         mem.watermark = max(filter(None, (mem.watermark, event["recorded_at"])))
         try:
@@ -244,24 +291,29 @@ def register_quality_agent(
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
             await outbox.deliver()
+            telemetry.record_dead_letter("integrity", letter["reason_code"])
             return
         writes = StagedWrites()
+        verdicts: list[SlaVerdict] = []
         if missing:
             if event["event_id"] in mem.parking:
                 return  # a redelivered record already parked: nothing new to say
             record = mem.parking.park(event, missing, datetime.now(UTC))
             mem.parked_offsets[event["event_id"]] = message.offset
-            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline), headers)
+            for kind in sorted({reference.kind for reference in missing}):
+                telemetry.PARKED.labels(f"missing_{kind}").inc()
             writes.put(
                 parked_table,
                 record.event_id,
                 {"partition": partition, "offset": message.offset, "record": record.to_dict()},
             )
         else:
-            evaluate(event, message.value, partition, outbox, writes)
+            verdicts = evaluate(event, message.value, partition, outbox, writes, headers)
         persist_watermark(partition, mem, writes)
         await outbox.deliver()
         writes.apply()
+        _record_delivered(event, verdicts)
 
     def persist_watermark(partition: int, mem: PartitionMemory, writes: StagedWrites) -> None:
         if mem.watermark is None or (
@@ -276,14 +328,16 @@ def register_quality_agent(
         partition = message.partition
         now = codec.decode(message.value, TICK_SUBJECT).record["emitted_at"]
         mem = partition_memory(partition)
-        outbox = Outbox(codec)
+        outbox = Outbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
         writes = StagedWrites()
+        released: list[tuple[QualityEvent, list[SlaVerdict]]] = []
         for record in mem.parking.release_known(feed.index):
             outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
             writes.put(parked_table, record.event_id, None)
             mem.parked_offsets.pop(record.event_id, None)
             value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
-            evaluate(record.event, value, partition, outbox, writes)
+            verdicts = evaluate(record.event, value, partition, outbox, writes)
+            released.append((record.event, verdicts))
         for record in mem.parking.expire(now, deadline):
             outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
             offset = mem.parked_offsets.pop(record.event_id, -1)
@@ -319,6 +373,8 @@ def register_quality_agent(
                     )
         await outbox.deliver()
         writes.apply()
+        for event, verdicts in released:
+            _record_delivered(event, verdicts)
 
     async def handle(message: Any) -> None:
         if message.topic == ticks_topic:
@@ -331,6 +387,14 @@ def register_quality_agent(
         await feed.ready.wait()
         # on failure the in-memory indexes may be ahead of the tables: rebuild them
         await consume(app, stream, handle, on_failure=memory.clear)
+
+
+def _record_delivered(event: QualityEvent, verdicts: list[SlaVerdict]) -> None:
+    """Metrics of outputs the broker has acknowledged: SLA outcomes, end-to-end latency."""
+    for verdict in verdicts:
+        telemetry.record_sla(verdict)
+    if verdicts:
+        telemetry.record_end_to_end("inventory.quarantine-commands.v1", event["recorded_at"])
 
 
 def _parked_args(record: ParkedRecord) -> tuple[QualityEvent, Any, datetime]:

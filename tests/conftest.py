@@ -10,6 +10,7 @@ Where a server comes from, first match wins:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -108,6 +109,24 @@ def postgres_dsn(stack_settings: Settings, pytestconfig: pytest.Config) -> Itera
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """Give this test a unique prefix for its topics and consumer groups (`t1a2b3c4d.`)."""
-    return f"t{uuid.uuid4().hex[:8]}."
+def topic_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Give this test a unique prefix for its topics and consumer groups (`t1a2b3c4d.`).
+
+    Its topics are deleted afterwards: a broker keeps files open for every partition, and a full
+    run creates thousands of them (one broker hit its 20,000 open-files limit without this).
+    """
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    yield prefix
+    if "kafka_bootstrap" in request.fixturenames:
+        _delete_topics(request.getfixturevalue("kafka_bootstrap"), prefix)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # already gone, or deleted by the test itself
+                future.result()

@@ -27,6 +27,7 @@ from qmsflow.quality.event import Coordinates
 from qmsflow.quality.golden_record import EntityKind
 from qmsflow.quality.integrity import ParkingStatus
 from qmsflow.quality.quarantine import HoldAction
+from qmsflow.quality.sla import SlaOutput
 
 Row = tuple[Any, ...]
 RowMapper = Callable[[Mapping[str, Any], Coordinates], list[Row]]
@@ -40,6 +41,7 @@ HOLD_ACTIONS: frozenset[str] = frozenset(get_args(HoldAction))
 PARKING_STATUSES: frozenset[str] = frozenset(get_args(ParkingStatus))
 ESCALATED_EVENT_TYPES: frozenset[str] = frozenset(DUE_DATE_FIELD)
 GOLDEN_KINDS: frozenset[str] = frozenset(get_args(EntityKind))
+SLA_OUTPUTS: frozenset[str] = frozenset(get_args(SlaOutput))
 
 #: the header carrying a golden record's version on md.<entity>.v1 (the Avro datum has none)
 GOLDEN_VERSION_HEADER = "golden-version"
@@ -654,6 +656,54 @@ def md_conflict_row(conflict: Mapping[str, Any], at: Coordinates) -> Row:
     )
 
 
+SLA_BREACH_COLUMNS = (
+    "breach_id",
+    "sla",
+    "interface",
+    "event_id",
+    "event_type",
+    "source_system",
+    "source_record_id",
+    "product_line",
+    "site",
+    "output",
+    "output_id",
+    "recorded_at",
+    "produced_at",
+    "elapsed_ms",
+    "limit_ms",
+    "trace_id",
+    "correlation_id",
+    "synthetic",
+    *LINEAGE_COLUMNS,
+)
+
+
+def sla_breach_row(breach: Mapping[str, Any], at: Coordinates) -> Row:
+    """A `qms.sla_breach` row from a decoded `ops.sla-breaches.v1` record."""
+    return (
+        _uuid(breach["breach_id"], "breach_id"),
+        breach["sla"],
+        breach["interface"],
+        _uuid(breach["event_id"], "event_id"),
+        breach["event_type"],
+        breach["source_system"],
+        breach["source_record_id"],
+        breach["product_line"],
+        breach["site"],
+        _one_of(breach["output"], SLA_OUTPUTS, "output"),
+        breach["output_id"],
+        breach["recorded_at"],
+        breach["produced_at"],
+        _at_least(breach["elapsed_ms"], 0, "elapsed_ms"),
+        _at_least(breach["limit_ms"], 1, "limit_ms"),
+        breach["trace_id"],
+        breach["correlation_id"],
+        breach["synthetic"],
+        *_lineage(at),
+    )
+
+
 def _single(to_row: Callable[[Mapping[str, Any], Coordinates], Row]) -> RowMapper:
     def to_rows(record: Mapping[str, Any], at: Coordinates) -> list[Row]:
         return [to_row(record, at)]
@@ -825,6 +875,15 @@ BINDINGS: tuple[TableBinding, ...] = (
                 ("kind", "entity_id", "version"),
                 _single(golden_history_row),
                 GOLDEN_HISTORY_UPSERT,
+            ),
+        ),
+    ),
+    TableBinding(
+        "ops.sla-breaches.v1",
+        "ops.sla-breaches.v1-value",
+        (
+            _insert_only(
+                "qms.sla_breach", SLA_BREACH_COLUMNS, "breach_id", _single(sla_breach_row)
             ),
         ),
     ),

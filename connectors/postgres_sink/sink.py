@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,22 +42,31 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
+from opentelemetry.trace import Link, SpanKind
 
 from connectors.postgres_sink.rows import BINDINGS, Row, TableBinding, TableWrite
+from qmsflow import telemetry
 from qmsflow.audit import append_audit_trail
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
-from qmsflow.kafka.headers import header_pairs
+from qmsflow.kafka.headers import Headers, header_pairs
+from qmsflow.logging_setup import configure_logging
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: links a batch span keeps to its records' traces; OTel's default span limit is 128 links
+_MAX_BATCH_LINKS = 128
+#: seconds between consumer-lag samples: Prometheus scrapes every 15–30 s, so finer is wasted
+_LAG_INTERVAL = 10.0
 
 
 @dataclass
@@ -262,6 +272,9 @@ def run_sink(
     """Consume the sinked topics into Postgres until stopped (SIGTERM, SIGINT or `stop`)."""
     stop = stop or Event()
     _stop_on_signals(stop)
+    if threading.current_thread() is threading.main_thread():  # a test's thread keeps its logs
+        configure_logging(settings, service="sink")
+    telemetry.start_telemetry(settings, "qmsflow-sink", metrics_port=settings.sink_metrics_port)
     codec = AvroCodec(open_registry(settings))
     group = settings.topic(f"{settings.app_id}-sink")
     producer = Producer(
@@ -275,6 +288,7 @@ def run_sink(
 
     def publish_dead_letters(letters: list[dict[str, Any]]) -> None:
         for letter in letters:
+            telemetry.record_dead_letter("sink", letter["reason_code"])
             producer.produce(
                 settings.topic("quality.dlq.v1"),
                 key=letter["key"],
@@ -317,27 +331,91 @@ def run_sink(
             _commit(c, sink.flush())
 
         consumer.subscribe(sink.topics, on_assign=on_assign, on_revoke=on_revoke)
+        lag_sampled = time.monotonic()
         try:
             while not stop.is_set():
                 messages = consumer.consume(settings.sink_batch_size, settings.sink_batch_timeout)
+                traced: list[tuple[str, Headers]] = []
                 for message in messages:
                     if _is_error(message):
                         continue
+                    headers = header_pairs(message.headers())
+                    topic = message.topic() or ""
                     sink.add(
-                        message.topic() or "",
+                        topic,
                         message.partition() or 0,
                         message.offset() or 0,
                         message.key(),
                         message.value(),
-                        header_pairs(message.headers()),
+                        headers,
                         message.timestamp()[1] if message.timestamp()[0] else None,
                     )
+                    logical = topic.removeprefix(settings.topic_prefix)
+                    telemetry.record_event("in", "sink", logical, None)
+                    if telemetry.header_value(headers, telemetry.TRACEPARENT) is not None:
+                        traced.append((logical, headers))
                 if sink.pending:
-                    _commit(consumer, sink.flush())
+                    _flush_traced(consumer, sink, traced)
+                if time.monotonic() - lag_sampled >= _LAG_INTERVAL:
+                    _report_lag(consumer, group)
+                    lag_sampled = time.monotonic()
         finally:
             _commit(consumer, sink.flush())
             consumer.close()
     return sink.stats
+
+
+def _flush_traced(
+    consumer: Consumer, sink: PostgresSink, traced: list[tuple[str, Headers]]
+) -> None:
+    """Flush and commit in a `sink.batch` span; then one `sink` span per traced record.
+
+    The batch span links (up to 128 of) its records' traces; each record's own span is a child
+    of the span that produced the record, covers the batch and links back to it, so an event's
+    trace ends at the transaction that wrote its row.
+    """
+    before = dict(sink.stats.by_table)
+    links = []
+    for _, headers in traced[:_MAX_BATCH_LINKS]:
+        parent = telemetry.parse_traceparent(telemetry.header_value(headers, telemetry.TRACEPARENT))
+        if parent is not None:
+            links.append(Link(parent.span_context()))
+    started_ns = time.time_ns()
+    with telemetry.stage_span(
+        "sink.batch",
+        kind=SpanKind.INTERNAL,
+        links=links,
+        attributes={"qmsflow.records": sink.pending},
+    ) as batch:
+        _commit(consumer, sink.flush())
+    ended_ns = time.time_ns()
+    for table, rows in sink.stats.by_table.items():
+        if rows > before.get(table, 0):
+            telemetry.SINK_ROWS.labels(table).inc(rows - before.get(table, 0))
+    batch_link = [Link(batch.get_span_context())]
+    for topic, headers in traced:
+        telemetry.record_span(
+            "sink",
+            headers,
+            start_time_ns=started_ns,
+            end_time_ns=ended_ns,
+            links=batch_link,
+            attributes={"qmsflow.stage": "sink", "messaging.source": topic},
+        )
+
+
+def _report_lag(consumer: Consumer, group: str) -> None:
+    """Set `qmsflow_consumer_lag` per assigned partition from the cached high watermarks."""
+    try:
+        positions = consumer.position(consumer.assignment())
+    except KafkaException:  # assignment changing under us; the next sample is correct again
+        return
+    for tp in positions:
+        low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0:
+            continue  # nothing fetched from this partition yet
+        position = tp.offset if tp.offset >= 0 else low
+        telemetry.record_lag(group, tp.topic, tp.partition, high - position)
 
 
 def _commit(consumer: Consumer, offsets: Mapping[tuple[str, int], int]) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from qmsflow.demo.produce import ProduceReport
+from qmsflow.demo.source_edits import SourceEdit, Statement
 from qmsflow.local_run import (
+    AppliedEdit,
+    GoldenView,
     IncidentView,
     LotCommand,
     PipelineCounts,
@@ -11,6 +16,7 @@ from qmsflow.local_run import (
     ScenarioSnapshot,
     StageCounts,
     disposition_of,
+    render_md_line,
     unfinished,
 )
 
@@ -113,3 +119,38 @@ class TestUnfinished:
         """The timeout message can say which dead letters and which release are missing."""
         missing = unfinished(_counts(141, 19), _report(100, 20), 41, released=False)
         assert missing == ["dead letters 19/20", "the scenario's release"]
+
+
+def _applied(change: str, *, disagrees: bool = False) -> AppliedEdit:
+    edit = SourceEdit(
+        kind="supplier-approval",
+        system="QMS",
+        entity="supplier",
+        entity_id="SUP-0128",
+        change=change,
+        statements=(Statement("UPDATE qms.supplier_approval SET approval_status = %s"),),
+        disagrees=disagrees,
+    )
+    return AppliedEdit(edit, datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+
+
+class TestMasterDataLine:
+    def test_new_golden_version_names_version_source_and_counts(self) -> None:
+        """An edit that made a new golden version says which, from which source, and the totals."""
+        line = render_md_line(_applied("approval CONDITIONAL"), GoldenView(3, "QMS"), 2, 5)
+        assert line == (
+            "md: supplier SUP-0128 approval CONDITIONAL → golden v3 (QMS) | conflicts 2 |"
+            " history rows +5"
+        )
+
+    def test_a_losing_disagreement_is_told_as_a_conflict(self) -> None:
+        """A disagreeing edit that a more trusted source outranks is a conflict, not a version."""
+        line = render_md_line(_applied("calibration OUT_OF_TOLERANCE", disagrees=True), None, 4, 9)
+        assert "→ conflict, golden unchanged" in line
+        assert line.endswith("| conflicts 4 | history rows +9")
+
+    def test_no_version_is_said_plainly(self) -> None:
+        """An edit with no new version in time says so, on one line."""
+        line = render_md_line(_applied("approval APPROVED"), None, 0, 0)
+        assert "→ no new golden version |" in line
+        assert "\n" not in line

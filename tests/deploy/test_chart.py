@@ -1,0 +1,304 @@
+"""The Helm chart: lint, render, Kubernetes schema validation and the security rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from qmsflow.settings import PROJECT_ROOT, Settings
+from tests.deploy.conftest import (
+    CHART,
+    KUBERNETES_VERSIONS,
+    PRODUCTION_VALUES,
+    Manifest,
+    render,
+    run_helm,
+)
+
+#: kinds from CRDs that kubernetes-validate has no schema for, and the API group each must use
+CUSTOM_KINDS = {
+    "ScaledObject": "keda.sh/v1alpha1",
+    "TriggerAuthentication": "keda.sh/v1alpha1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+}
+#: env names that carry credentials: only ever from a secretKeyRef
+SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|USERNAME|DATABASE_URL|_KEY$")
+PINNED_IMAGE = re.compile(r"^[^@\s]+(@sha256:[a-f0-9]{64}|:(?!latest$)[\w][\w.-]{0,127})$")
+
+
+def pod_specs(manifests: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every workload in a render."""
+    for doc in manifests:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", spec["template"]["spec"]
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Init and main containers of a pod spec."""
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def by_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    """The manifests of one kind."""
+    return [doc for doc in manifests if doc["kind"] == kind]
+
+
+class TestChartFiles:
+    """Files of the chart that need no helm binary."""
+
+    def test_debezium_config_is_the_repo_file(self) -> None:
+        """The chart's copy of the Debezium connector config equals connectors/debezium's."""
+        repo = PROJECT_ROOT / "connectors" / "debezium" / "erp-postgres.json"
+        copy = CHART / "files" / "erp-postgres.json"
+        assert copy.read_bytes() == repo.read_bytes(), (
+            f"{copy} differs from {repo}: copy the repo file into the chart"
+        )
+
+    @pytest.mark.parametrize("values", ["values.yaml", "values-production.yaml"])
+    def test_values_files_meet_the_schema(self, values: str) -> None:
+        """Both values files validate against values.schema.json."""
+        schema = json.loads((CHART / "values.schema.json").read_text("utf-8"))
+        defaults = yaml.safe_load((CHART / "values.yaml").read_text("utf-8"))
+        overrides = yaml.safe_load((CHART / values).read_text("utf-8"))
+        jsonschema.validate(_merge(defaults, overrides), schema)
+
+    def test_every_value_is_documented(self) -> None:
+        """Every key of values.yaml has a description in values.schema.json."""
+        schema = json.loads((CHART / "values.schema.json").read_text("utf-8"))
+        values = yaml.safe_load((CHART / "values.yaml").read_text("utf-8"))
+        missing = list(_undocumented(values, schema, "")) + list(
+            _undocumented(yaml.safe_load(PRODUCTION_VALUES.read_text("utf-8")), schema, "")
+        )
+        assert not missing, f"values without a description in values.schema.json: {missing}"
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """Helm's values merge: maps merge key by key, anything else is replaced."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if key in base else value
+    return merged
+
+
+def _undocumented(values: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
+    if not isinstance(values, dict):
+        return
+    properties = schema.get("properties")
+    if properties is None:  # a free-form map (resources, affinity, labels…)
+        return
+    for key, value in values.items():
+        sub = properties.get(key)
+        if sub is None or not sub.get("description"):
+            yield f"{path}{key}"
+        else:
+            yield from _undocumented(value, sub, f"{path}{key}.")
+
+
+class TestHelm:
+    """helm lint and template against the real helm binary."""
+
+    @pytest.mark.parametrize(
+        "values", [[], ["-f", str(PRODUCTION_VALUES)]], ids=["default", "production"]
+    )
+    def test_lint_is_clean(self, helm: Path, values: list[str]) -> None:
+        """`helm lint --strict` passes for the default and the production values."""
+        result = run_helm(helm, "lint", "--strict", str(CHART), *values)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_unpinned_image_is_refused(self, helm: Path) -> None:
+        """Rendering with image.tag=latest fails instead of deploying a moving image."""
+        result = run_helm(helm, "template", "q", str(CHART), "--set", "image.tag=latest")
+        assert result.returncode != 0
+        assert "image" in result.stderr and "tag" in result.stderr
+
+    def test_root_filesystem_writable_is_refused(self, helm: Path) -> None:
+        """The values schema refuses a writable root filesystem."""
+        result = run_helm(
+            helm,
+            "template",
+            "q",
+            str(CHART),
+            "--set",
+            "containerSecurityContext.readOnlyRootFilesystem=false",
+        )
+        assert result.returncode != 0
+        assert "readOnlyRootFilesystem" in result.stderr
+
+
+class TestManifests:
+    """Rendered manifests (default and production values) against schemas and rules."""
+
+    @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+    def test_valid_for_kubernetes(self, manifests: list[Manifest], version: str) -> None:
+        """Every built-in manifest validates strictly; custom kinds use their known API."""
+        for doc in manifests:
+            if doc["kind"] in CUSTOM_KINDS:
+                assert doc["apiVersion"] == CUSTOM_KINDS[doc["kind"]], doc["metadata"]["name"]
+                continue
+            kubernetes_validate.validate(doc, version, strict=True)
+
+    def test_validator_rejects_unknown_fields(self, default_manifests: list[Manifest]) -> None:
+        """The validator is not a no-op: an unknown field in a Deployment fails it."""
+        deployment = json.loads(json.dumps(by_kind(default_manifests, "Deployment")[0]))
+        deployment["spec"]["template"]["spec"]["containers"][0]["runAsRoot"] = True
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+    def test_no_container_runs_as_root(self, manifests: list[Manifest]) -> None:
+        """Every container runs non-root, read-only, without privilege escalation or caps."""
+        for name, pod in pod_specs(manifests):
+            pod_ctx = pod.get("securityContext", {})
+            for container in containers(pod):
+                ctx = {**pod_ctx, **container.get("securityContext", {})}
+                where = f"{name} container {container['name']}"
+                assert ctx.get("runAsNonRoot") is True, where
+                assert ctx.get("runAsUser", 1) != 0, where
+                assert ctx.get("readOnlyRootFilesystem") is True, where
+                assert ctx.get("allowPrivilegeEscalation") is False, where
+                assert "ALL" in ctx.get("capabilities", {}).get("drop", []), where
+                mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp is no emptyDir"
+
+    def test_no_secret_as_plain_env_value(self, manifests: list[Manifest]) -> None:
+        """Credentials come from secretKeyRef only; the chart renders no Secret of its own."""
+        assert not by_kind(manifests, "Secret")
+        for name, pod in pod_specs(manifests):
+            for container in containers(pod):
+                for env in container.get("env", []):
+                    if SECRET_ENV.search(env["name"]):
+                        assert "value" not in env, f"{name}: {env['name']} is a plain value"
+                        assert "secretKeyRef" in env["valueFrom"], f"{name}: {env['name']}"
+
+    def test_every_image_is_pinned(self, manifests: list[Manifest]) -> None:
+        """Every image names a version tag (not latest) or a sha256 digest."""
+        for name, pod in pod_specs(manifests):
+            for container in containers(pod):
+                assert PINNED_IMAGE.match(container["image"]), f"{name}: {container['image']}"
+
+    def test_every_container_has_requests_and_limits(self, manifests: list[Manifest]) -> None:
+        """Every container declares cpu and memory requests and limits."""
+        for name, pod in pod_specs(manifests):
+            for container in containers(pod):
+                resources = container["resources"]
+                for bound in ("requests", "limits"):
+                    assert {"cpu", "memory"} <= set(resources[bound]), f"{name} {bound}"
+
+    def test_workers_keep_state_on_their_volume(self, manifests: list[Manifest]) -> None:
+        """Workers are a StatefulSet whose QMSFLOW_STACK_DIR is its volumeClaimTemplate."""
+        (workers,) = by_kind(manifests, "StatefulSet")
+        (claim,) = workers["spec"]["volumeClaimTemplates"]
+        (container,) = workers["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert container["args"] == ["worker"]
+        assert env["QMSFLOW_STORE"] == "rocksdb"
+        assert env["QMSFLOW_STACK_DIR"] == mounts[claim["metadata"]["name"]]
+
+    def test_migrations_run_before_install_and_upgrade(self, manifests: list[Manifest]) -> None:
+        """A pre-install/pre-upgrade Job migrates the database, then creates the topics."""
+        (job,) = by_kind(manifests, "Job")
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+        pod = job["spec"]["template"]["spec"]
+        assert [c["args"] for c in containers(pod)] == [["db", "migrate"], ["topics", "create"]]
+
+    def test_every_workload_has_a_disruption_budget(self, manifests: list[Manifest]) -> None:
+        """Each Deployment and StatefulSet is covered by a PodDisruptionBudget."""
+        budgets = [
+            b["spec"]["selector"]["matchLabels"] for b in by_kind(manifests, "PodDisruptionBudget")
+        ]
+        for doc in manifests:
+            if doc["kind"] in ("Deployment", "StatefulSet"):
+                labels = doc["spec"]["template"]["metadata"]["labels"]
+                assert any(b.items() <= labels.items() for b in budgets), doc["metadata"]["name"]
+
+    def test_debezium_config_map_carries_the_connector(self, manifests: list[Manifest]) -> None:
+        """The ConfigMap holds connectors/debezium/erp-postgres.json, parsed equal."""
+        (config_map,) = by_kind(manifests, "ConfigMap")
+        repo = PROJECT_ROOT / "connectors" / "debezium" / "erp-postgres.json"
+        assert json.loads(config_map["data"]["erp-postgres.json"]) == json.loads(
+            repo.read_text("utf-8")
+        )
+
+
+class TestProduction:
+    """What the production values add."""
+
+    def test_erp_adapter_only_when_enabled(
+        self, default_manifests: list[Manifest], production_manifests: list[Manifest]
+    ) -> None:
+        """The ERP adapter is off by default and runs `qmsflow erp-adapter` when enabled."""
+
+        def adapters(manifests: list[Manifest]) -> list[Manifest]:
+            return [
+                d
+                for d in by_kind(manifests, "Deployment")
+                if d["metadata"]["name"].endswith("-erp-adapter")
+            ]
+
+        assert not adapters(default_manifests)
+        (adapter,) = adapters(production_manifests)
+        assert adapter["spec"]["template"]["spec"]["containers"][0]["args"] == ["erp-adapter"]
+
+    def test_scaling_watches_the_services_own_groups(
+        self, production_manifests: list[Manifest]
+    ) -> None:
+        """KEDA scales each workload on the consumer group the code itself uses."""
+        values = yaml.safe_load(PRODUCTION_VALUES.read_text("utf-8"))
+        settings = Settings(app_id=values["appId"], topic_prefix=values["topicPrefix"])
+        expected = {
+            "StatefulSet": settings.topic(settings.app_id),  # Faust's group is its app id
+            "Deployment": settings.topic(f"{settings.app_id}-sink"),  # run_sink's group
+        }
+        names = {f"{d['kind']}/{d['metadata']['name']}" for d in production_manifests}
+        scaled = by_kind(production_manifests, "ScaledObject")
+        assert len(scaled) == 2
+        for obj in scaled:
+            target = obj["spec"]["scaleTargetRef"]
+            assert f"{target['kind']}/{target['name']}" in names
+            trigger = obj["spec"]["triggers"][0]
+            assert trigger["metadata"]["consumerGroup"] == expected[target["kind"]]
+        assert all(
+            "replicas" not in d["spec"] for d in by_kind(production_manifests, "StatefulSet")
+        )
+
+    def test_kafka_credentials_are_per_service(self, production_manifests: list[Manifest]) -> None:
+        """Each component authenticates with its own account's Secret."""
+        secrets: dict[str, set[str]] = {}
+        for name, pod in pod_specs(production_manifests):
+            for container in containers(pod):
+                for env in container.get("env", []):
+                    if env["name"] == "QMSFLOW_KAFKA_SASL_PASSWORD":
+                        ref = env["valueFrom"]["secretKeyRef"]["name"]
+                        secrets.setdefault(ref, set()).add(name.split("/")[1])
+        assert len(secrets) == 4, secrets  # worker, sink, erp-adapter, migrate
+
+    def test_service_monitor_selects_metrics_services(
+        self, production_manifests: list[Manifest]
+    ) -> None:
+        """The ServiceMonitor's port is one every worker and sink Service exposes."""
+        (monitor,) = by_kind(production_manifests, "ServiceMonitor")
+        port = monitor["spec"]["endpoints"][0]["port"]
+        services = by_kind(production_manifests, "Service")
+        assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {
+            "worker",
+            "sink",
+        }
+        for service in services:
+            assert port in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_render_is_deterministic(helm: Path) -> None:
+    """Two renders of the production values are byte-identical (reviewable diffs)."""
+    assert render(helm, "-f", str(PRODUCTION_VALUES)) == render(helm, "-f", str(PRODUCTION_VALUES))
