@@ -52,3 +52,8 @@ clean: stack-down ## stop the stack and delete its data (.stack/); cached jars a
 
 chart: install ## build helm once (cached in ~/.cache/qmsflow/bin), lint and validate the chart
 	$(BIN)/pytest -q tests/deploy
+
+.PHONY: bench
+bench: install ## throughput benchmarks vs their baselines (~5 min); bench/results/<time>.json + .png
+	$(QMSFLOW) stack up
+	$(BIN)/python -m bench

@@ -80,6 +80,90 @@ def topics_describe() -> None:
         click.echo(f"{state.name:42} {state.declared_partitions:>8} {actual:>6} {messages:>9}")
 
 
+@topics.command("scale")
+@click.argument("topic_names", nargs=-1, required=True)
+@click.option("--partitions", type=click.IntRange(min=1), required=True, help="The new count.")
+@click.option(
+    "--with-copartitioned", is_flag=True, help="Scale every topic co-partitioned with TOPIC."
+)
+@click.option(
+    "--keep-unmigrated-state", is_flag=True, help="Leave state of non-migrated tables in place."
+)
+@click.option("--dry-run", is_flag=True, help="Check and plan; change nothing.")
+@click.option(
+    "--catalog",
+    "catalog_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="topics.toml to update; default the packaged qmsflow/config/topics.toml.",
+)
+def topics_scale(
+    topic_names: tuple[str, ...],
+    partitions: int,
+    with_copartitioned: bool,
+    keep_unmigrated_state: bool,
+    dry_run: bool,
+    catalog_file: str | None,
+) -> None:
+    """Add partitions to stateful topics by the procedure of docs/scaling.md (workers stopped)."""
+    from pathlib import Path
+
+    from qmsflow.scaling import scale
+
+    path = Path(catalog_file) if catalog_file else Path(__file__).parent / "config" / "topics.toml"
+    try:
+        scale(
+            load_settings(),
+            path,
+            topic_names,
+            partitions,
+            with_group=with_copartitioned,
+            keep_unmigrated=keep_unmigrated_state,
+            dry_run=dry_run,
+            echo=click.echo,
+        )
+    except (QmsflowError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# ---- toggles --------------------------------------------------------------------------------
+@main.group()
+def toggles() -> None:
+    """Feature toggles of non-critical integrations (ops.toggles.v1)."""
+
+
+@toggles.command("set")
+@click.argument("feature")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+@click.option("--by", "changed_by", envvar="USER", default="operator", help="Who switches it.")
+def toggles_set(feature: str, state: str, reason: str, changed_by: str) -> None:
+    """Switch FEATURE on or off in every running worker; core processing is refused."""
+    from qmsflow.toggles import publish_toggle, switch
+
+    try:
+        toggle = switch(feature, state == "on", changed_by=changed_by, reason=reason)
+    except QmsflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    publish_toggle(load_settings(), toggle)
+    click.echo(f"{feature} switched {state}")
+
+
+@toggles.command("list")
+def toggles_list() -> None:
+    """Every toggleable feature with its state and last switch."""
+    from qmsflow.toggles import read_toggles
+
+    for feature, toggle in read_toggles(load_settings()).snapshot().items():
+        if toggle is None:
+            click.echo(f"{feature:20} on   (never switched)")
+        else:
+            state = "on " if toggle.enabled else "off"
+            click.echo(
+                f"{feature:20} {state}  {toggle.changed_at:%Y-%m-%d %H:%M} by "
+                f"{toggle.changed_by}: {toggle.reason}"
+            )
+
+
 # ---- schemas --------------------------------------------------------------------------------
 @main.group()
 def schemas() -> None:
@@ -423,6 +507,52 @@ def erp_adapter() -> None:
         f"applied, {metrics.retried} retries, {metrics.dead_lettered} dead letters, breaker "
         f"opened {metrics.breaker_opened}x"
     )
+
+
+@main.command("status-page")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, help="Port; default QMSFLOW_STATUS_PAGE_PORT.")
+def status_page(host: str, port: int | None) -> None:
+    """Serve the live status page (throughput, errors, lag, SLAs, incidents) until stopped."""
+    from qmsflow.status_page import serve
+
+    settings = load_settings()
+    port = settings.status_page_port if port is None else port
+    click.echo(f"status page on http://{host}:{port}/ (JSON at /api/status)")
+    try:
+        serve(settings, host, port)
+    except KeyboardInterrupt:
+        click.echo("status page stopped")
+
+
+@main.command("lag")
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    help="Consumer group (repeatable); default: the worker's and the sink's.",
+)
+def lag(groups: tuple[str, ...]) -> None:
+    """Lag per consumer group, topic and partition: committed vs end offsets."""
+    from qmsflow.status_page import consumer_groups, read_lag
+
+    settings = load_settings()
+    rows = read_lag(settings, groups or consumer_groups(settings))
+    if not rows:
+        click.echo("no committed offsets for these groups")
+        return
+    gw, tw = max(len(r.group) for r in rows), max(len(r.topic) for r in rows)
+    click.echo(
+        f"{'group':<{gw}} {'topic':<{tw}} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}"
+    )
+    for r in rows:
+        committed = "-" if r.committed is None else str(r.committed)
+        click.echo(
+            f"{r.group:<{gw}} {r.topic:<{tw}} {r.partition:>4} {committed:>10} "
+            f"{r.end:>10} {r.lag:>8}"
+        )
+    for group in dict.fromkeys(r.group for r in rows):
+        click.echo(f"{group}: total lag {sum(r.lag for r in rows if r.group == group)}")
 
 
 @main.group()

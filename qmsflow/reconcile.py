@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from connectors.postgres_sink.rows import BINDINGS, TableBinding, TableWrite
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.event import Coordinates
 from qmsflow.settings import Settings
 
@@ -109,6 +110,7 @@ def reconcile(
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            **librdkafka_security(settings),
         }
     )
     checks: list[PartitionCheck] = []

@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 StoreKind = Literal["rocksdb", "memory"]
 LogFormat = Literal["json", "text"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class Settings(BaseSettings):
@@ -31,6 +33,31 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "QMSFLOW_KAFKA_BOOTSTRAP_SERVERS"),
         description="KAFKA_BOOTSTRAP_SERVERS: broker list; unset = the local stack's broker.",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="QMSFLOW_KAFKA_SECURITY_PROTOCOL: how every Kafka client talks to the "
+        "brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        description="QMSFLOW_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; "
+        "required with a SASL_* protocol, refused with any other.",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        description="QMSFLOW_KAFKA_SASL_USERNAME: the SASL user (one per component's service "
+        "account); required with a SASL_* protocol.",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="QMSFLOW_KAFKA_SASL_PASSWORD: the SASL user's password; required with a "
+        "SASL_* protocol. Never logged.",
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None,
+        description="QMSFLOW_KAFKA_SSL_CA_LOCATION: PEM file of the CA the brokers' "
+        "certificates chain to, for SSL and SASL_SSL; unset = the system's trust store.",
     )
     database_url: str | None = Field(
         default=None,
@@ -162,6 +189,11 @@ class Settings(BaseSettings):
         default=0,
         description="QMSFLOW_SINK_METRICS_PORT: port of the sink's Prometheus /metrics "
         "endpoint; 0 = off (a separate setting, so a worker and a sink can share a host).",
+    )
+    status_page_port: int = Field(
+        default=8070,
+        description="QMSFLOW_STATUS_PAGE_PORT: port of `qmsflow status-page` (the live status "
+        "page and its /api/status JSON).",
     )
     log_format: LogFormat = Field(
         default="json",

@@ -15,10 +15,12 @@ import faust
 
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.kafka.security import faust_broker_credentials
 from qmsflow.logging_setup import faust_logging_config
 from qmsflow.quality.data_dictionary import load_dictionary
 from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
+from qmsflow.toggles import ToggleReader
 from qmsflow.topics import load_catalog
 from streams.correlate import register_correlate_agent
 from streams.golden_records import register_golden_record_agent
@@ -41,6 +43,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_broker_credentials(settings),  # None: PLAINTEXT
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(datadir),
         topic_partitions=catalog["quality.events.v1"].partitions,
@@ -65,7 +68,13 @@ def create_app(settings: Settings) -> faust.App:
         await feed.run(lambda: app.should_stop)
 
     register_quality_agent(app, settings, codec, feed, catalog)
-    register_correlate_agent(app, settings, codec, catalog)
+    toggles = ToggleReader(settings)
+
+    @app.task
+    async def follow_toggles() -> None:
+        toggles.start()  # a daemon thread; switches reach this worker within about a second
+
+    register_correlate_agent(app, settings, codec, catalog, alerts_enabled=toggles.enabled)
     register_golden_record_agent(app, settings, codec)
     register_ticks(app, settings, codec)
 

@@ -8,6 +8,7 @@ measured in event time (the newest `occurred_at` seen on the partition), so repl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,14 +31,22 @@ from streams.processing import consume
 log = logging.getLogger(__name__)
 
 INCIDENT_SUBJECT = "quality.incidents.v1-value"
+ALERTS_TOGGLE = "correlation-alerts"  # qmsflow/toggles.py TOGGLEABLE
 ALERT_SUBJECT = "quality.alerts.v1-value"
 SLA_BREACH_SUBJECT = "ops.sla-breaches.v1-value"
 
 
 def register_correlate_agent(
-    app: faust.App, settings: Settings, codec: AvroCodec, catalog: TopicCatalog
+    app: faust.App,
+    settings: Settings,
+    codec: AvroCodec,
+    catalog: TopicCatalog,
+    alerts_enabled: Callable[[str], bool] = lambda _feature: True,
 ) -> None:
-    """Declare the correlate agent, its incident table and output topics on the app."""
+    """Declare the correlate agent, its incident table and output topics on the app.
+
+    `alerts_enabled(feature)` answers whether the correlation-alerts integration is switched on.
+    """
     partitions = catalog["quality.correlation.v1"].partitions
     ticks_topic = settings.topic("quality.ticks.v1")
     source = app.topic(
@@ -121,7 +130,9 @@ def register_correlate_agent(
                     breach, line = sla.breach.to_avro(), event["product_line"]
                     outbox.add(sla_out, SLA_BREACH_SUBJECT, line, breach, headers)
             verdicts.extend(measured)
-        if result.alert is not None:
+        # The incident is recorded either way; only the alert is an integration that an
+        # operator may switch off (ops.toggles.v1, feature correlation-alerts).
+        if result.alert is not None and alerts_enabled(ALERTS_TOGGLE):
             alert = result.alert.to_avro()
             outbox.add(alerts_out, ALERT_SUBJECT, result.alert.incident_id, alert, headers)
         await outbox.deliver()

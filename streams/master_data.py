@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.golden_record import EmployeeGolden
 from qmsflow.quality.master_data import MASTER_TOPICS, MasterDataIndex, master_record
 from qmsflow.settings import Settings
@@ -55,6 +56,7 @@ class MasterDataFeed:
                 "group.id": f"{self._settings.topic('qmsflow-md-reader')}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
+                **librdkafka_security(self._settings),
             }
         )
         loop = asyncio.get_running_loop()

@@ -46,10 +46,12 @@ from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ConfigurationError, ContractError
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.kafka.producer import producer_config
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings
+from qmsflow.toggles import ToggleReader
 
 __all__ = ["COMMANDS_TOPIC", "DEAD_LETTER_STAGE", "ErpAdapter", "run_erp_adapter"]
 
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 COMMANDS_TOPIC = "inventory.quarantine-commands.v1"
 COMMANDS_SUBJECT = f"{COMMANDS_TOPIC}-value"
 DEAD_LETTER_STAGE = "erp-adapter"
+ERP_OUTBOUND = "erp-outbound"  # the feature toggle of the ERP calls (qmsflow/toggles.py)
 
 _POLL_SECONDS = 0.5  # how long one poll waits for a record; bounds how fast a stop is noticed
 _PAUSED_POLL_SECONDS = 0.2  # polls while paused only serve heartbeats and rebalances
@@ -75,8 +78,10 @@ class ErpAdapter:
         mapping: ErpMapping | None = None,
         stop: Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        toggles: Callable[[str], bool] = lambda _feature: True,
     ) -> None:
         self._settings = settings
+        self._toggles = toggles  # qmsflow/toggles.py: is ERP_OUTBOUND switched on?
         self._stop = stop or Event()
         self._mapping = mapping or load_erp_mapping(settings.erp_mapping_file)
         if transport is None:
@@ -130,6 +135,7 @@ class ErpAdapter:
                 # same reasoning as the sink: a crashed adapter's partitions move after 10 s
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 2_000,
+                **librdkafka_security(self._settings),
             }
         )
         consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -145,6 +151,11 @@ class ErpAdapter:
                     self._resume(consumer)
                 message = consumer.poll(_POLL_SECONDS)
                 if message is None or _is_error(message):
+                    continue
+                if not self._toggles(ERP_OUTBOUND):
+                    # switched off by an operator: the command waits on its topic, not skipped
+                    self._rewind(consumer, message)
+                    self._stop.wait(_PAUSED_POLL_SECONDS)
                     continue
                 self._handle(consumer, message)
         finally:
@@ -289,7 +300,11 @@ def run_erp_adapter(settings: Settings, *, stop: Event | None = None) -> Adapter
     """Run the adapter until SIGTERM, SIGINT or `stop`; returns its metrics."""
     stop = stop or Event()
     _stop_on_signals(stop)
-    return ErpAdapter(settings, stop=stop).run()
+    reader = ToggleReader(settings).start()
+    try:
+        return ErpAdapter(settings, stop=stop, toggles=reader.enabled).run()
+    finally:
+        reader.stop()
 
 
 def _is_error(message: Message) -> bool:

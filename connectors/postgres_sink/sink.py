@@ -55,6 +55,7 @@ from qmsflow.audit import append_audit_trail
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import Headers, header_pairs
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.logging_setup import configure_logging
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.event import Coordinates
@@ -283,6 +284,7 @@ def run_sink(
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
+            **librdkafka_security(settings),
         }
     )
 
@@ -317,6 +319,7 @@ def run_sink(
                 # librdkafka's default 45 s would stall the load that long after every crash.
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 2_000,
+                **librdkafka_security(settings),
             }
         )
 

@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
 from qmsflow.errors import ConfigurationError
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog, TopicSpec
 
@@ -29,7 +30,9 @@ class TopicState:
 
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client for the configured cluster."""
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return AdminClient(
+        {"bootstrap.servers": settings.bootstrap_servers, **librdkafka_security(settings)}
+    )
 
 
 def create_topics(
@@ -88,7 +91,11 @@ def _verify(name: str, spec: TopicSpec, actual: int) -> None:
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
     """Messages ever written per topic (sum of high watermarks minus low watermarks)."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": "qmsflow-admin"}
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": "qmsflow-admin",
+            **librdkafka_security(settings),
+        }
     )
     try:
         metadata = consumer.list_topics(timeout=_TIMEOUT).topics
@@ -110,7 +117,13 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
 
 def consumed_offsets(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
     """Records a consumer group has committed past, per topic (lag = end offsets − these)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": group,
+            **librdkafka_security(settings),
+        }
+    )
     try:
         metadata = consumer.list_topics(timeout=_TIMEOUT).topics
         partitions = [

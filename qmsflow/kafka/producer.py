@@ -6,6 +6,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from qmsflow.kafka.security import librdkafka_security
 from qmsflow.settings import Settings
 
 
@@ -18,6 +19,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",  # Java's rule; librdkafka's default is CRC32
         "linger.ms": 5,
         "compression.type": "lz4",
+        **librdkafka_security(settings),
         **overrides,
     }
 

@@ -1,0 +1,427 @@
+"""Run the throughput benchmarks, write bench/results/<UTC time>.json and .png, print the table.
+
+Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same bytes:
+  1. produce N demo-mix events (5% duplicates) as fast as the broker takes them;
+  2. (a) confluent-kafka consume → produce passthrough of the ingest records;
+  3. (b) the naive Faust agent (bench.naive_faust) as its own process;
+  4. qmsflow end-to-end: the real `qmsflow worker` and `qmsflow sink` processes, from their start
+     until the sink's committed offsets cover the whole canonical topic (offsets are committed in
+     the same transaction as the rows, so that is the moment the last row is in Postgres);
+  5. (c) COPY of the same canonical rows into a scratch copy of qms.quality_event;
+  6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic.
+Each step runs alone, so the two cores are not shared between measurements. Rates are unique
+events (rows) per second of wall time to carry the whole input, duplicates included.
+Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step, 300).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from bench.machine import machine, versions
+from bench.plot import plot
+from bench.results_model import Run, check_targets, format_table, medians, result_document
+from connectors.postgres_sink.migrations import migrate
+from connectors.postgres_sink.rows import QUALITY_EVENT_COLUMNS, quality_event_row
+from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.demo.produce import produce_demo
+from qmsflow.kafka.admin import create_topics
+from qmsflow.quality.event import Coordinates
+from qmsflow.settings import Settings
+from qmsflow.topics import load_catalog
+from tests.integration.pipeline import PipelineProcesses, environment
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DUPLICATES = 0.05  # the issue's demo mix
+_POLL = 0.1  # seconds between completion checks; the error this adds is at most this
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+class TopicCount:
+    """Records on a topic (sum of high − low watermarks), with one long-lived consumer."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-watermarks"}
+        )
+        meta = self._consumer.list_topics(topic, timeout=30).topics[topic]
+        self._partitions = [TopicPartition(topic, p) for p in meta.partitions]
+
+    def __call__(self) -> int:
+        """Records on the topic now."""
+        total = 0
+        for tp in self._partitions:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - low
+        return total
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
+
+
+def _wait(
+    done: Callable[[], int], want: int, timeout: float, alive: Callable[[], None] | None = None
+) -> tuple[float | None, float, int]:
+    """Poll `done()` until it reaches `want`; (first > 0 at, finished at, reached), monotonic."""
+    first = None
+    deadline = time.monotonic() + timeout
+    reached = 0
+    while time.monotonic() < deadline:
+        if alive is not None:
+            alive()
+        reached = done()
+        now = time.monotonic()
+        if reached > 0 and first is None:
+            first = now
+        if reached >= want:
+            return first, now, reached
+        time.sleep(_POLL)
+    return first, time.monotonic(), reached
+
+
+def _run(
+    measurement: Any, repetition: int, unique: int, want: int, started: float, waited: Any
+) -> Run:
+    first, ended, reached = waited
+    completed = reached >= want
+    items = unique if completed else int(unique * reached / max(want, 1))
+    return Run(
+        measurement,
+        repetition,
+        items,
+        ended - started,
+        None if first is None else first - started,
+        completed,
+    )
+
+
+def passthrough(settings: Settings, sent: int, unique: int, rep: int, timeout: float) -> Run:
+    """(a) consume every ingest record and produce it unchanged to another topic."""
+    ingest = [settings.topic(s.name) for s in load_catalog().by_role("ingest")]
+    out = settings.topic("bench.passthrough.v1")
+    started = time.monotonic()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": settings.topic("bench-passthrough"),
+            "auto.offset.reset": "earliest",
+        }
+    )
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    consumer.subscribe(ingest)
+    done, first = 0, None
+    deadline = started + timeout
+    while done < sent and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            if message.error():
+                continue
+            while True:
+                try:
+                    producer.produce(
+                        out, key=message.key(), value=message.value(), headers=message.headers()
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.05)
+            done += 1
+            first = first or time.monotonic()
+        producer.poll(0)
+    producer.flush(60)
+    ended = time.monotonic()
+    consumer.close()
+    return _run("passthrough", rep, unique, sent, started, (first, ended, done))
+
+
+def naive_faust(
+    settings: Settings,
+    env: dict[str, str],
+    sent: int,
+    unique: int,
+    rep: int,
+    timeout: float,
+    logs: Path,
+) -> Run:
+    """(b) the naive Faust app as a process, until its output topic holds every record."""
+    out = settings.topic("bench.naive.v1")
+    count = TopicCount(settings, out)
+    child_env = {
+        **env,
+        "BENCH_NAIVE_APP_ID": settings.topic("bench-naive"),
+        "BENCH_NAIVE_OUTPUT": out,
+        "PYTHONPATH": str(ROOT),
+    }
+    with (logs / "naive_faust.log").open("ab") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.naive_faust", "worker", "--loglevel", "warn"],
+            env=child_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive() -> None:
+        if process.poll() is not None:
+            raise RuntimeError(f"naive Faust app exited with {process.returncode}; see {logs}")
+
+    try:
+        waited = _wait(count, sent, timeout, alive)
+    finally:
+        _stop(process)
+        count.close()
+    return _run("naive_faust", rep, unique, sent, started, waited)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _sink_progress(dsn: str, group: str, topic: str) -> Callable[[], int]:
+    """Canonical records the sink has committed to Postgres (its offsets, stored with the rows)."""
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def progress() -> int:
+        row = conn.execute(
+            "SELECT coalesce(sum(next_offset), 0) FROM qms.sink_offsets"
+            " WHERE consumer_group = %s AND topic = %s",
+            (group, topic),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    return progress
+
+
+def _rows(dsn: str, topic: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM qms.quality_event WHERE kafka_topic = %s", (topic,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def end_to_end(
+    settings: Settings, env: dict[str, str], unique: int, rep: int, timeout: float, logs: Path
+) -> Run:
+    """The real worker and sink, from their start until the last unique event's row is stored."""
+    events = settings.topic("quality.events.v1")
+    group = settings.topic(f"{settings.app_id}-sink")
+    progress = _sink_progress(settings.dsn, group, events)
+    processes = PipelineProcesses(settings, env, logs)
+    started = time.monotonic()
+    processes.start_worker()
+    processes.start_sink()
+    try:
+        waited = _wait(progress, unique, timeout, processes.assert_alive)
+    finally:
+        processes.stop()
+    run = _run("e2e", rep, unique, unique, started, waited)
+    stored = _rows(settings.dsn, events)
+    if run.completed and stored != unique:
+        raise RuntimeError(f"{events}: expected {unique} rows in qms.quality_event, got {stored}")
+    return run
+
+
+def canonical_rows(settings: Settings, unique: int) -> list[tuple[Any, ...]]:
+    """The qms.quality_event rows of the canonical topic, mapped as the sink maps them."""
+    topic = settings.topic("quality.events.v1")
+    codec = AvroCodec(open_registry(settings))
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-rows"})
+    meta = consumer.list_topics(topic, timeout=30).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    rows: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 120
+    while len(rows) < unique and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 1.0):
+            if m.error() or m.value() is None:
+                continue
+            record = codec.decode(m.value() or b"", "quality.events.v1-value").record
+            at = Coordinates(topic, m.partition() or 0, m.offset() or 0)
+            rows.append(quality_event_row(record, at))
+    consumer.close()
+    return rows
+
+
+def copy_baseline(settings: Settings, unique: int, rep: int) -> Run:
+    """(c) one COPY of the canonical rows into a scratch table shaped like qms.quality_event."""
+    rows = canonical_rows(settings, unique)
+    scratch = f"public.bench_copy_{uuid.uuid4().hex[:8]}"
+    columns = ", ".join(QUALITY_EVENT_COLUMNS)
+    with psycopg.connect(settings.dsn) as conn:
+        conn.execute(f"CREATE TABLE {scratch} (LIKE qms.quality_event INCLUDING ALL)")
+        conn.commit()
+        try:
+            started = time.monotonic()
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {scratch} ({columns}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            ended = time.monotonic()
+        finally:
+            conn.execute(f"DROP TABLE {scratch}")
+            conn.commit()
+    return Run("copy", rep, len(rows), ended - started, None, len(rows) >= unique)
+
+
+def sink_alone(
+    settings: Settings, env: dict[str, str], unique: int, rep: int, timeout: float, logs: Path
+) -> Run:
+    """The sink on its own: the end-to-end rows deleted, a new group reloads the canonical topic."""
+    events = settings.topic("quality.events.v1")
+    app_id = "bench-sink-alone"
+    with psycopg.connect(settings.dsn) as conn:
+        conn.execute("DELETE FROM qms.quality_event WHERE kafka_topic = %s", (events,))
+    progress = _sink_progress(settings.dsn, settings.topic(f"{app_id}-sink"), events)
+    processes = PipelineProcesses(settings, {**env, "QMSFLOW_APP_ID": app_id}, logs)
+    started = time.monotonic()
+    processes.start_sink()
+    try:
+        waited = _wait(progress, unique, timeout, processes.assert_alive)
+    finally:
+        processes.stop()
+    return _run("sink_alone", rep, unique, unique, started, waited)
+
+
+def _create_bench_topics(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    partitions = load_catalog()["quality.events.v1"].partitions
+    names = [settings.topic("bench.passthrough.v1"), settings.topic("bench.naive.v1")]
+    for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
+        future.result()
+
+
+def _delete_topics(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(settings.topic_prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception as error:  # a leftover topic must not lose the results
+                print(f"  could not delete a topic: {error}")
+
+
+def repetition(
+    base: Settings, rep: int, events: int, timeout: float
+) -> tuple[list[Run], dict[str, Any]]:
+    """One repetition of every measurement on a fresh prefix; its topics deleted afterwards."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    settings = base.model_copy(update={"topic_prefix": prefix})
+    logs = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}"))
+    env = environment(settings, settings.bootstrap_servers, settings.dsn)
+    runs: list[Run] = []
+    try:
+        create_topics(settings, load_catalog(), echo=_quiet)
+        _create_bench_topics(settings)
+        started = time.monotonic()
+        report = produce_demo(
+            settings,
+            count=events,
+            duplicate_rate=DUPLICATES,
+            seed=zlib.crc32(prefix.encode()),  # fresh event ids per run: rows are keyed by them
+            echo=_quiet,
+        )
+        produced = time.monotonic() - started
+        unique, sent = len(report.unique_event_ids), report.sent
+        print(f"rep {rep + 1}: {prefix} {sent} records ({unique} unique) in {produced:.1f} s")
+        steps: list[tuple[str, Callable[[], Run]]] = [
+            ("passthrough", lambda: passthrough(settings, sent, unique, rep, timeout)),
+            ("naive Faust", lambda: naive_faust(settings, env, sent, unique, rep, timeout, logs)),
+            ("end-to-end", lambda: end_to_end(settings, env, unique, rep, timeout, logs)),
+            ("COPY", lambda: copy_baseline(settings, unique, rep)),
+            ("sink alone", lambda: sink_alone(settings, env, unique, rep, timeout, logs)),
+        ]
+        for name, step in steps:
+            run = step()
+            runs.append(run)
+            flag = "" if run.completed else f"  (INCOMPLETE after {timeout:.0f} s)"
+            steady = run.steady_per_second
+            after_first = "" if steady is None else f"  ({steady:,.0f}/s after the first)"
+            rate = f"{run.per_second:>10,.0f}/s  {run.seconds:6.1f} s"
+            print(f"  {name:<12} {rate}{after_first}{flag}")
+        info = {"prefix": prefix, "sent": sent, "unique": unique, "produce_seconds": produced}
+        return runs, info
+    finally:
+        _delete_topics(settings)
+        for path in (settings.stack_dir / "faust").glob(f"{prefix}*"):
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"  logs: {logs}")
+
+
+def main() -> None:
+    """Run every repetition, then write the JSON and the plot and print the table."""
+    events = int(os.environ.get("BENCH_EVENTS", "20000"))
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    timeout = float(os.environ.get("BENCH_TIMEOUT", "300"))
+    base = Settings()
+    migrate(base.dsn, echo=_quiet)
+    started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+    runs: list[Run] = []
+    repetitions = []
+    for rep in range(repeats):
+        rep_runs, info = repetition(base, rep, events, timeout)
+        runs += rep_runs
+        repetitions.append(info)
+    document = result_document(
+        started_at=started_at,
+        machine=machine(),
+        versions=versions(base),
+        parameters={
+            "events": events,
+            "duplicate_rate": DUPLICATES,
+            "repeats": repeats,
+            "timeout_seconds": timeout,
+            "repetitions": repetitions,
+        },
+        runs=runs,
+        notes=[
+            "rates: unique events (rows) per second of wall time to carry the whole input",
+            "e2e and naive Faust include process start-up and consumer-group join",
+            "COPY: one COPY of the canonical rows into a table LIKE qms.quality_event",
+        ],
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{started_at}.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    png_path = RESULTS / f"{started_at}.png"
+    plot(document, png_path)
+    m = document["machine"]
+    print(f"\nmachine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB")
+    print(f"{events} events, {DUPLICATES:.0%} duplicates, median of {repeats} runs\n")
+    print(format_table(medians(runs)))
+    print()
+    for check in check_targets(medians(runs)):
+        print(check.sentence())
+    print(f"\nwrote {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
