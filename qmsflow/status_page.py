@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from qmsflow.kafka.admin import end_offsets
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.sla import SlaRules, load_sla_rules
 from qmsflow.settings import Settings
@@ -262,32 +263,6 @@ def consumer_groups(settings: Settings) -> tuple[str, ...]:
     return (settings.topic(settings.app_id), settings.topic(f"{settings.app_id}-sink"))
 
 
-def _message_counts(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            **librdkafka_security(settings),
-            "group.id": "qmsflow-status-page",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(timeout=_TIMEOUT).topics
-        counts: dict[str, int] = {}
-        for topic in topics:
-            if topic not in metadata:
-                continue
-            total = 0
-            for partition in metadata[topic].partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=_TIMEOUT
-                )
-                total += high - low
-            counts[topic] = total
-        return counts
-    finally:
-        consumer.close()
-
-
 _PARKED_NOW = """
 SELECT count(*) FROM qms.parked_event p
  WHERE p.status = 'PARKED' AND p.kafka_topic = %(topic)s
@@ -347,7 +322,7 @@ def read_snapshot(settings: Settings, rules: SlaRules | None = None) -> Snapshot
     ingest = [settings.topic(t.name) for t in catalog.by_role("ingest")]
     canonical = settings.topic("quality.events.v1")
     dlq = settings.topic("quality.dlq.v1")
-    offsets = _message_counts(settings, [*ingest, canonical, dlq])
+    offsets = end_offsets(settings, [*ingest, canonical, dlq])
     lag = read_lag(settings, consumer_groups(settings))
     with psycopg.connect(settings.dsn, connect_timeout=int(_TIMEOUT)) as conn:
         (parked,) = conn.execute(
