@@ -200,14 +200,22 @@ def lot_master_records(records: Iterable[DemoRecord], plant: Plant = PLANT) -> l
 
 
 def demo_master_data(
-    seed: int, start: datetime, n: int, plant: Plant = PLANT
+    seed: int,
+    start: datetime,
+    n: int,
+    plant: Plant = PLANT,
+    mean_gap_seconds: float | None = None,
 ) -> list[MasterMessage]:
-    """Master data covering the first `n` records of `DemoTraffic(seed, start, plant)`.
+    """Master data covering the first `n` records of `DemoTraffic(seed, start, plant, gap)`.
 
     Plant records are dated a day before `start`; produce these before the traffic (or some
     after it, to watch the integrity stage park and release).
     """
-    traffic = DemoTraffic(seed, start, plant)
+    traffic = (
+        DemoTraffic(seed, start, plant)
+        if mean_gap_seconds is None
+        else DemoTraffic(seed, start, plant, mean_gap_seconds)
+    )
     return [
         *plant_master_records(start - timedelta(days=1), plant),
         *lot_master_records(traffic.records(n), plant),

@@ -13,7 +13,13 @@ from confluent_kafka import Producer
 
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.demo.master_data import MasterMessage, demo_master_data
-from qmsflow.demo.traffic import DemoRecord, DemoTraffic, corrupt_payloads, with_duplicates
+from qmsflow.demo.traffic import (
+    PLANT,
+    DemoRecord,
+    DemoTraffic,
+    corrupt_payloads,
+    with_duplicates,
+)
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
@@ -48,15 +54,19 @@ def produce_demo(
 
     First the master data every record refers to (md.* topics), except `late_lots` lots that
     are published halfway through, so events about them are parked and then released.
-    `rate` caps records per second (None: as fast as the broker takes them).
+    `rate` caps records per second (None: as fast as the broker takes them). With a rate and no
+    `start`, simulated time starts now and advances 1/rate per record, so each `recorded_at`
+    is close to when the record is sent; without a rate, it starts an hour ago.
     """
     rng = random.Random(seed)
     codec = AvroCodec(open_registry(settings))
     producer = create_producer(settings)
-    start = start or datetime.now(UTC) - timedelta(hours=1)
-    traffic = DemoTraffic(seed, start)
+    live = rate is not None and start is None
+    start = start or (datetime.now(UTC) if live else datetime.now(UTC) - timedelta(hours=1))
+    gap = 1 / rate if live and rate else None
+    traffic = DemoTraffic(seed, start) if gap is None else DemoTraffic(seed, start, PLANT, gap)
     report = ProduceReport()
-    master = demo_master_data(seed, start, count) if master_data else []
+    master = demo_master_data(seed, start, count, PLANT, gap) if master_data else []
     lots = [m for m in master if m[0] == "md.lot.v1"]
     late = rng.sample(lots, min(late_lots, len(lots)))
     late_keys = {m[1] for m in late}

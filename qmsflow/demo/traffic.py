@@ -583,14 +583,25 @@ class DemoTraffic:
     The same `seed` and `start` give the same records in the same order. Simulated time starts
     at `start` (an aware datetime, converted to UTC) and advances with every record; each
     record's `occurred_at` is at or before its `recorded_at`. Event ids are unique.
+    `mean_gap_seconds` is the mean simulated time between records; a live demo sets it to
+    1 / its send rate so that `recorded_at` follows the wall clock (and SLAs measure sense).
     """
 
-    def __init__(self, seed: int, start: datetime, plant: Plant = PLANT) -> None:
+    def __init__(
+        self,
+        seed: int,
+        start: datetime,
+        plant: Plant = PLANT,
+        mean_gap_seconds: float = _MEAN_GAP_SECONDS,
+    ) -> None:
+        if mean_gap_seconds <= 0:
+            raise ValueError(f"mean_gap_seconds must be positive, got {mean_gap_seconds}")
         if start.tzinfo is None or start.utcoffset() is None:
             raise ValueError(f"start must be timezone-aware (UTC expected), got naive {start}")
         self._rng = random.Random(seed)
         self._plant = plant
         self._now = start.astimezone(UTC)
+        self._mean_gap = mean_gap_seconds
         self._deck: list[str] = []
         self._counters = {topic: first for topic, (_, first) in _NUMBER_PREFIXES.items()}
         self._sequence = 0
@@ -611,7 +622,7 @@ class DemoTraffic:
             self._rng.shuffle(self._deck)
         topic = self._deck.pop()
         self._now += timedelta(
-            microseconds=int(self._rng.expovariate(1 / _MEAN_GAP_SECONDS) * 1_000_000)
+            microseconds=int(self._rng.expovariate(1 / self._mean_gap) * 1_000_000)
         )
         self._sequence += 1
         if topic in _LIFECYCLES:

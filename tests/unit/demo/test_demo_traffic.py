@@ -76,6 +76,26 @@ class TestDeterminism:
             DemoTraffic(seed=1, start=datetime(2026, 11, 2, 6, 0))
 
 
+class TestSimulatedClock:
+    def test_mean_gap_sets_the_pace_of_recorded_at(self) -> None:
+        """A live demo at 100 records/s spans about 50 s of `recorded_at` over 5,000 records."""
+        records = list(DemoTraffic(seed=3, start=START, mean_gap_seconds=0.01).records(5000))
+        span = (records[-1].record["recorded_at"] - START).total_seconds()
+        assert 40 < span < 60
+
+    def test_default_gap_is_two_seconds(self) -> None:
+        """Without a gap, simulated time runs about two seconds per record (a plant's day)."""
+        records = list(DemoTraffic(seed=3, start=START).records(5000))
+        span = (records[-1].record["recorded_at"] - START).total_seconds()
+        assert 8_000 < span < 12_000
+
+    @pytest.mark.parametrize("gap", [0.0, -1.0])
+    def test_non_positive_gap_is_rejected(self, gap: float) -> None:
+        """A gap of zero or less would stop or reverse simulated time."""
+        with pytest.raises(ValueError, match="mean_gap_seconds"):
+            DemoTraffic(seed=1, start=START, mean_gap_seconds=gap)
+
+
 class TestMix:
     def test_every_ingest_topic_appears(self, sample: list[DemoRecord]) -> None:
         """Every ingest topic of the catalog appears in 2,000 records."""
