@@ -10,7 +10,10 @@ gets it (CONVENTIONS §12):
     plus Faust's `<app id>-__assignor-__leader` topic), found by reading the modules' syntax
     tree, because building the app needs a broker (the CDC agent lists topics at start-up);
   - the sink's table bindings (`connectors.postgres_sink.rows.BINDINGS`) and its group;
-  - the ERP adapter's topic (`connectors.erp_adapter.adapter.COMMANDS_TOPIC`) and its group.
+  - the ERP adapter's topic (`connectors.erp_adapter.adapter.COMMANDS_TOPIC`) and its groups
+    (`<app id>-erp-adapter`, and `<app id>-erp-adapter-<route>` per ERP of a routing table);
+  - the feature toggles (`qmsflow.toggles.TOGGLES_TOPIC`), read whole by the worker and the ERP
+    adapter with `assign()` and no commits, so they need no group ACL.
 Each service may also write `quality.dlq.v1`, where it puts what it cannot process.
 The group names follow the code's rule `settings.topic(f"{app_id}-<service>")`; the tests in
 tests/deploy check these against the modules that build them.
@@ -110,6 +113,7 @@ def plan_acls(settings: Settings, catalog: TopicCatalog) -> list[Acl]:
     from connectors.erp_adapter.adapter import COMMANDS_TOPIC
     from connectors.postgres_sink.rows import BINDINGS
     from qmsflow.quality.master_data import MASTER_TOPICS
+    from qmsflow.toggles import TOGGLES_TOPIC
     from streams.golden_records import CDC_TOPICS
     from streams.master_data import EMPLOYEE_TOPIC
 
@@ -131,6 +135,7 @@ def plan_acls(settings: Settings, catalog: TopicCatalog) -> list[Acl]:
         *(s.name for s in catalog.topics if s.role in ("ingest", "canonical", "internal")),
         *MASTER_TOPICS.values(),
         EMPLOYEE_TOPIC,
+        TOGGLES_TOPIC,
     ]
     add("worker", (t(n) for n in worker_reads), _READ)
     add("worker", [t(CDC_TOPICS)], _READ, pattern="prefixed")
@@ -146,10 +151,18 @@ def plan_acls(settings: Settings, catalog: TopicCatalog) -> list[Acl]:
     add("sink", [t(DEAD_LETTER_TOPIC)], _WRITE)
     add("sink", [t(f"{settings.app_id}-sink")], ("Read",), resource="group")
 
-    # ERP adapter: the quarantine commands, dead letters of commands the ERP refuses, its group
-    add("erp-adapter", [t(COMMANDS_TOPIC)], _READ)
+    # ERP adapter: the quarantine commands, the toggles, dead letters of commands the ERP refuses,
+    # its group and, with a routing table, one group per route (the prefix covers both)
+    add("erp-adapter", [t(COMMANDS_TOPIC), t(TOGGLES_TOPIC)], _READ)
     add("erp-adapter", [t(DEAD_LETTER_TOPIC)], _WRITE)
     add("erp-adapter", [t(f"{settings.app_id}-erp-adapter")], ("Read",), resource="group")
+    add(
+        "erp-adapter",
+        [t(f"{settings.app_id}-erp-adapter-")],
+        ("Read",),
+        resource="group",
+        pattern="prefixed",
+    )
 
     # migrate: the pre-install Job running `qmsflow topics create`
     add("migrate", (t(s.name) for s in catalog.topics), _ADMIN)

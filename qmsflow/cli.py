@@ -367,6 +367,45 @@ def retention_run(dry_run: bool) -> None:
     click.echo(f"{sum(done.values())} rows {'would be ' if dry_run else ''}removed")
 
 
+# ---- interface documents --------------------------------------------------------------------
+@main.group()
+def icd() -> None:
+    """Interface documents (AsyncAPI, one ICD per system) generated from the declarations."""
+
+
+@icd.command("generate")
+def icd_generate() -> None:
+    """Write docs/asyncapi.json, docs/asyncapi.md and docs/icd/*.md from the code."""
+    from qmsflow.interface_docs.documents import write_documents
+
+    for path in write_documents():
+        click.echo(f"wrote {path}")
+
+
+@icd.command("check")
+@click.option("--validate", is_flag=True, help="Also parse asyncapi.json with @asyncapi/parser.")
+def icd_check(validate: bool) -> None:
+    """Fail when a committed document differs from what the code generates."""
+    from qmsflow.interface_docs.documents import ASYNCAPI_FILE, stale_documents
+
+    problems = stale_documents()
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise SystemExit("interface documents are stale: run `qmsflow icd generate`")
+    if validate:
+        from qmsflow.interface_docs.parser import ERROR, validate_asyncapi
+        from qmsflow.settings import PROJECT_ROOT
+
+        verdict = validate_asyncapi(PROJECT_ROOT / ASYNCAPI_FILE)
+        for diagnostic in verdict.diagnostics:
+            click.echo(f"{diagnostic['severity']} {diagnostic['code']}: {diagnostic['message']}")
+        if not verdict.valid or verdict.at_least(ERROR):
+            raise SystemExit("docs/asyncapi.json does not validate")
+        click.echo(f"asyncapi.json valid: {len(verdict.channels)} channels")
+    click.echo("interface documents are up to date")
+
+
 # ---- dead letters ---------------------------------------------------------------------------
 @main.group()
 def dlq() -> None:
@@ -492,8 +531,12 @@ def sink() -> None:
 
 
 @main.command("erp-adapter")
-def erp_adapter() -> None:
-    """Apply quarantine commands to the ERP at QMSFLOW_ERP_BASE_URL until SIGTERM/SIGINT."""
+@click.option(
+    "--route",
+    help="Run only this route of QMSFLOW_ERP_ROUTES_FILE (one process per ERP); default: all.",
+)
+def erp_adapter(route: str | None) -> None:
+    """Apply quarantine commands to the ERP(s) of the routing table until SIGTERM/SIGINT."""
     import logging
 
     from connectors.erp_adapter.adapter import run_erp_adapter
@@ -501,12 +544,12 @@ def erp_adapter() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s erp-adapter %(levelname)s %(message)s"
     )
-    metrics = run_erp_adapter(load_settings())
-    click.echo(
-        f"erp adapter stopped: {metrics.applied} applied, {metrics.already_applied} already "
-        f"applied, {metrics.retried} retries, {metrics.dead_lettered} dead letters, breaker "
-        f"opened {metrics.breaker_opened}x"
-    )
+    for name, metrics in run_erp_adapter(load_settings(), route=route).items():
+        click.echo(
+            f"erp adapter {name} stopped: {metrics.applied} applied, {metrics.already_applied} "
+            f"already applied, {metrics.retried} retries, {metrics.dead_lettered} dead letters, "
+            f"breaker opened {metrics.breaker_opened}x"
+        )
 
 
 @main.command("status-page")

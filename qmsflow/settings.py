@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         description="QMSFLOW_ERP_MAPPING_FILE: the request mapping (TOML); unset = the shipped "
         "qmsflow/config/erp_mapping.toml (SAP QM blocked-stock postings).",
     )
+    erp_routes_file: Path | None = Field(
+        default=None,
+        description="QMSFLOW_ERP_ROUTES_FILE: the ERP routing table (TOML): which ERP applies "
+        "which sites' commands, each with its own URL, mapping and breaker; unset = one ERP at "
+        "QMSFLOW_ERP_BASE_URL for every site (docs/erp-adapter.md, Several ERPs).",
+    )
     erp_timeout: float = Field(
         default=10.0,
         gt=0,

@@ -1,11 +1,16 @@
 """The ERP adapter process: quarantine commands from Kafka → the ERP's HTTP API, each applied once.
 
+One adapter instance applies the commands of one ERP route (`connectors/erp_adapter/routing.py`:
+the sites of one ERP; without a routing table, one route taking every site).
+
 Delivery protocol (implemented here and nowhere else):
-  1. the adapter consumes `inventory.quarantine-commands.v1` in its own consumer group
-     (`<app_id>-erp-adapter`, prefixed); a partition starts at the group's committed offset, the
-     beginning when there is none;
+  1. the adapter consumes `inventory.quarantine-commands.v1` in its route's own consumer group
+     (`<app_id>-erp-adapter`, or `<app_id>-erp-adapter-<route>` with a routing table; prefixed);
+     a partition starts at the group's committed offset, the beginning when there is none;
   2. records are handled one at a time, so each partition (one lot's commands) reaches the ERP
      in order; a record below its partition's next offset (a re-fetch after a seek) is skipped;
+     a command of a site another route applies is committed without a request (that route's
+     own group applies it); one of a site no route takes is a dead letter of the first route;
   3. a record that does not decode or map becomes a dead letter (stage `erp-adapter`); a command
      the ERP refuses for good (a permanent 4xx) becomes one too, with the ERP's answer; the dead
      letter is acknowledged by the broker before the offset moves past the record;
@@ -24,13 +29,15 @@ resends the record with the same idempotency key, which the ERP must honour (doc
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from threading import Event
+from threading import Event, Thread
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from pydantic import SecretStr
 
 from connectors.erp_adapter.breaker import CircuitBreaker
 from connectors.erp_adapter.delivery import AdapterMetrics, Backoff, ErpDelivery
@@ -40,6 +47,14 @@ from connectors.erp_adapter.mapping import (
     ErpResponse,
     build_request,
     load_erp_mapping,
+)
+from connectors.erp_adapter.routing import (
+    DEFAULT_ROUTE,
+    ErpRoute,
+    ErpUnroutedError,
+    RoutingTable,
+    load_routing_table,
+    single_route,
 )
 from connectors.erp_adapter.transport import ErpTransport, HttpTransport
 from qmsflow.contracts import AvroCodec, open_registry
@@ -53,7 +68,13 @@ from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings
 from qmsflow.toggles import ToggleReader
 
-__all__ = ["COMMANDS_TOPIC", "DEAD_LETTER_STAGE", "ErpAdapter", "run_erp_adapter"]
+__all__ = [
+    "COMMANDS_TOPIC",
+    "DEAD_LETTER_STAGE",
+    "ErpAdapter",
+    "load_routes",
+    "run_erp_adapter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +88,22 @@ _PAUSED_POLL_SECONDS = 0.2  # polls while paused only serve heartbeats and rebal
 _DEAD_LETTER_ACK_SECONDS = 30.0  # same bound as the sink's dead letters
 
 
+def load_routes(settings: Settings) -> RoutingTable:
+    """The routing table `QMSFLOW_ERP_ROUTES_FILE` names; unset, one route for every site."""
+    if settings.erp_routes_file is not None:
+        return load_routing_table(settings.erp_routes_file)
+    return single_route(settings.erp_base_url)
+
+
 class ErpAdapter:
-    """Consumes quarantine commands and applies each to the ERP once (protocol above)."""
+    """Consumes quarantine commands and applies its route's to its ERP once (protocol above)."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        route: str | None = None,
+        routes: RoutingTable | None = None,
         transport: ErpTransport | None = None,
         mapping: ErpMapping | None = None,
         stop: Event | None = None,
@@ -83,20 +113,39 @@ class ErpAdapter:
         self._settings = settings
         self._toggles = toggles  # qmsflow/toggles.py: is ERP_OUTBOUND switched on?
         self._stop = stop or Event()
-        self._mapping = mapping or load_erp_mapping(settings.erp_mapping_file)
-        if transport is None:
-            if not settings.erp_base_url:
+        self._routes = routes or load_routes(settings)
+        if route is None:
+            if len(self._routes.route) != 1:
                 raise ConfigurationError(
-                    "QMSFLOW_ERP_BASE_URL: expected the ERP API's base URL, got nothing"
+                    f"ERP routing table: expected a route name (one of "
+                    f"{', '.join(self._routes.names)}), got none"
                 )
-            transport = HttpTransport(
-                settings.erp_base_url, timeout=settings.erp_timeout, token=settings.erp_api_token
-            )
+            route = self._routes.names[0]
+        try:
+            self.route: ErpRoute = self._routes[route]
+        except KeyError as exc:
+            raise ConfigurationError(str(exc.args[0])) from exc
+        self._mapping = mapping or load_erp_mapping(
+            self.route.mapping_file or settings.erp_mapping_file
+        )
+        if transport is None:
+            transport = _http_transport(self.route, settings)
         self._codec = AvroCodec(open_registry(settings))
         self._topic = settings.topic(COMMANDS_TOPIC)
-        self.group = settings.topic(f"{settings.app_id}-erp-adapter")
+        # the default route keeps the single-ERP group and stage, so upgrading moves no offsets
+        single = self.route.name == DEFAULT_ROUTE
+        group = settings.topic(f"{settings.app_id}-erp-adapter")
+        self.group = group if single else f"{group}-{self.route.name}"
+        #: dead letters of this route: `erp-adapter`, or `erp-adapter:<route>` with a table
+        self.dead_letter_stage = (
+            DEAD_LETTER_STAGE if single else f"{DEAD_LETTER_STAGE}:{self.route.name}"
+        )
         self._breaker = CircuitBreaker(
-            settings.erp_breaker_failures, settings.erp_breaker_cooldown, clock
+            self.route.breaker_failures or settings.erp_breaker_failures,
+            settings.erp_breaker_cooldown
+            if self.route.breaker_cooldown is None
+            else self.route.breaker_cooldown,
+            clock,
         )
         self.metrics = AdapterMetrics()
         self._delivery = ErpDelivery(
@@ -139,7 +188,13 @@ class ErpAdapter:
             }
         )
         consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("erp adapter consuming %s as group %s", self._topic, self.group)
+        log.info(
+            "erp adapter route %s (sites %s) consuming %s as group %s",
+            self.route.name,
+            ", ".join(self.route.sites),
+            self._topic,
+            self.group,
+        )
         try:
             while not self._stop.is_set():
                 if self.metrics.paused:
@@ -178,6 +233,16 @@ class ErpAdapter:
             if value is None:
                 raise ContractError("value: expected a quarantine command, got a tombstone")
             command = self._codec.decode(value, COMMANDS_SUBJECT).record
+            owner = self._routes.route_for(str(command["site"]))
+            if owner is None and self._routes.dead_letters_unrouted(self.route):
+                raise ErpUnroutedError(
+                    f"site: expected one of {', '.join(self._routes.names)}'s sites in the ERP "
+                    f"routing table, got {command['site']!r} (command {command['command_id']})"
+                )
+            if owner is None or owner.name != self.route.name:
+                self.metrics.other_route += 1
+                self._commit(consumer, topic, partition, offset)  # step 2: another route's
+                return
             request = build_request(command, self._mapping)
         except ContractError as error:
             self._dead_letter(error, message, at)
@@ -212,7 +277,7 @@ class ErpAdapter:
         timestamp_type, timestamp = message.timestamp()
         letter = dead_letter(
             error,
-            stage=DEAD_LETTER_STAGE,
+            stage=self.dead_letter_stage,
             coordinates=at,
             key=message.key(),
             value=message.value(),
@@ -296,15 +361,70 @@ class ErpAdapter:
             self._next.pop(key, None)
 
 
-def run_erp_adapter(settings: Settings, *, stop: Event | None = None) -> AdapterMetrics:
-    """Run the adapter until SIGTERM, SIGINT or `stop`; returns its metrics."""
+def run_erp_adapter(
+    settings: Settings, *, route: str | None = None, stop: Event | None = None
+) -> dict[str, AdapterMetrics]:
+    """Run one route's adapter, or every route's (a thread each), until SIGTERM, SIGINT or `stop`.
+
+    Returns the metrics per route. The instances share nothing but the stop event: each has its
+    own consumer group, breaker and dead-letter stage. An instance that dies stops the others.
+    """
     stop = stop or Event()
     _stop_on_signals(stop)
+    routes = load_routes(settings)
+    names = routes.names if route is None else (route,)
     reader = ToggleReader(settings).start()
     try:
-        return ErpAdapter(settings, stop=stop, toggles=reader.enabled).run()
+        adapters = [
+            ErpAdapter(settings, route=name, routes=routes, stop=stop, toggles=reader.enabled)
+            for name in names
+        ]
+        if len(adapters) == 1:
+            return {adapters[0].route.name: adapters[0].run()}
+        failures: list[BaseException] = []
+
+        def run(adapter: ErpAdapter) -> None:
+            try:
+                adapter.run()
+            except BaseException as error:
+                failures.append(error)
+                stop.set()  # a dead instance must not leave its ERP silently unserved
+                raise
+
+        threads = [
+            Thread(target=run, args=(a,), name=f"erp-adapter-{a.route.name}") for a in adapters
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return {a.route.name: a.metrics for a in adapters}
     finally:
         reader.stop()
+
+
+def _http_transport(route: ErpRoute, settings: Settings) -> HttpTransport:
+    """The route's HTTP client; a route's own URL never receives the global token."""
+    base_url = route.base_url or settings.erp_base_url
+    if not base_url:
+        raise ConfigurationError(
+            f"ERP route {route.name}: expected base_url in the routing table or "
+            "QMSFLOW_ERP_BASE_URL, got nothing"
+        )
+    token: SecretStr | None = None
+    if route.token_env is not None:
+        value = os.environ.get(route.token_env)
+        if not value:
+            raise ConfigurationError(
+                f"ERP route {route.name}: expected a token in ${route.token_env}, got nothing"
+            )
+        token = SecretStr(value)
+    elif route.base_url is None:
+        token = settings.erp_api_token
+    timeout = route.timeout or settings.erp_timeout
+    return HttpTransport(base_url, timeout=timeout, token=token)
 
 
 def _is_error(message: Message) -> bool:

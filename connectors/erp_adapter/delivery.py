@@ -50,6 +50,7 @@ class AdapterMetrics:
     already_applied: int = 0  # the ERP had the idempotency key already (409)
     retried: int = 0  # transient failures; each one means the request is sent again later
     dead_lettered: int = 0  # refused by the ERP or not mappable
+    other_route: int = 0  # commands of sites another ERP route applies (skipped, committed)
     breaker_state: BreakerState = "closed"
     breaker_opened: int = 0
     paused: bool = False  # the consumer's partitions are paused right now

@@ -12,6 +12,7 @@ from connectors.postgres_sink.sink import PostgresSink
 from qmsflow.acl import Acl, faust_table_names, plan_acls
 from qmsflow.cli import main
 from qmsflow.settings import PROJECT_ROOT, Settings
+from qmsflow.toggles import TOGGLES_TOPIC
 from qmsflow.topics import load_catalog
 
 STREAMS = PROJECT_ROOT / "streams"
@@ -104,15 +105,41 @@ class TestSink:
 
 class TestErpAdapterAndMigrate:
     def test_erp_adapter_reads_only_quarantine_commands(self, settings: Settings) -> None:
-        """The ERP adapter reads the commands with its own group and writes only dead letters."""
+        """The ERP adapter reads commands and toggles in its own groups, writes dead letters."""
         acls = plan_acls(settings, load_catalog())
-        assert names(acls, "erp-adapter", "Read") == {settings.topic(COMMANDS_TOPIC)}
+        assert names(acls, "erp-adapter", "Read") == {
+            settings.topic(COMMANDS_TOPIC),
+            settings.topic(TOGGLES_TOPIC),
+        }
         assert names(acls, "erp-adapter", "Write") == {settings.topic("quality.dlq.v1")}
         assert names(acls, "erp-adapter", "Read", "group") == {
             settings.topic("qmsflow-erp-adapter")
         }
+        route_groups = {
+            a.name
+            for a in acls
+            if a.service == "erp-adapter" and a.resource_type == "group" and a.pattern == "prefixed"
+        }
+        assert route_groups == {settings.topic("qmsflow-erp-adapter-")}
         adapter_code = (PROJECT_ROOT / "connectors" / "erp_adapter" / "adapter.py").read_text()
         assert 'settings.topic(f"{settings.app_id}-erp-adapter")' in adapter_code
+        assert 'f"{group}-{self.route.name}"' in adapter_code  # a route's group, under the prefix
+
+    def test_every_reader_of_the_toggles_may_read_them(self, settings: Settings) -> None:
+        """Each service that builds a ToggleReader may read the toggles topic."""
+        acls = plan_acls(settings, load_catalog())
+        readers = {
+            service
+            for service, path in (
+                ("worker", PROJECT_ROOT / "streams"),
+                ("erp-adapter", PROJECT_ROOT / "connectors" / "erp_adapter"),
+                ("sink", PROJECT_ROOT / "connectors" / "postgres_sink"),
+            )
+            if any("ToggleReader(" in f.read_text() for f in path.glob("*.py"))
+        }
+        assert readers >= {"worker", "erp-adapter"}
+        for service in readers:
+            assert settings.topic(TOGGLES_TOPIC) in names(acls, service, "Read"), service
 
     def test_migrate_may_create_every_declared_topic(self, settings: Settings) -> None:
         """The migrate Job's account may create each catalog topic."""

@@ -100,7 +100,9 @@ class ErpStandIn:
                 pass  # 200 lines of access log say nothing the ledger does not
 
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.daemon_threads = True
+        # not daemon: server_close() then waits for requests in flight, so the ledger read after
+        # stop() is final (a posting finishing after it made `posted()` move by one)
+        server.daemon_threads = False
         self._server = server
         self._thread = Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
@@ -119,8 +121,8 @@ class ErpStandIn:
 class AdapterThread:
     """The adapter in a thread of the test, stopped through its Event."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.adapter = ErpAdapter(settings)
+    def __init__(self, adapter: Settings | ErpAdapter) -> None:
+        self.adapter = adapter if isinstance(adapter, ErpAdapter) else ErpAdapter(adapter)
         self.error: BaseException | None = None
         self.thread = Thread(target=self._run, name="erp-adapter", daemon=True)
 
