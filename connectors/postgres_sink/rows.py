@@ -278,6 +278,17 @@ def _lineage(at: Coordinates) -> Row:
     return (at.topic, at.partition, at.offset)
 
 
+def _environment(at: Coordinates, topic: str) -> str:
+    """The topic prefix `at` was read under: the environment of master-data rows (0011)."""
+    if not at.topic.endswith(topic):
+        raise ValueError(f"topic: expected a name ending in {topic!r}, got {at.topic!r}")
+    return at.topic.removesuffix(topic)
+
+
+def _md_topic(kind: EntityKind) -> str:
+    return f"md.{kind.replace('_', '-')}.v1"
+
+
 INCIDENT_COLUMNS = (
     "incident_id",
     "root_cause_key",
@@ -520,6 +531,7 @@ GOLDEN_RECORD_IDS: dict[EntityKind, str] = {
 }
 
 GOLDEN_RECORD_COLUMNS = (
+    "environment",
     "kind",
     "entity_id",
     "fields",
@@ -554,6 +566,7 @@ def golden_record_rows(kind: EntityKind) -> RowMapper:
         fields = {k: v for k, v in datum.items() if k != id_field and k not in _GOLDEN_STAMP}
         return [
             (
+                _environment(at, _md_topic(kind)),
                 kind,
                 datum[id_field],
                 _json(fields),
@@ -572,12 +585,15 @@ def golden_tombstone_rows(kind: EntityKind) -> TombstoneMapper:
     """The `qms.golden_record` row of an md.<entity>.v1 tombstone: the record is deleted."""
 
     def to_rows(entity_id: str, fields: Mapping[str, str], at: Coordinates) -> list[Row]:
-        return [(kind, entity_id, None, _golden_version(fields), None, None, True, *_lineage(at))]
+        environment = _environment(at, _md_topic(kind))
+        version = _golden_version(fields)
+        return [(environment, kind, entity_id, None, version, None, None, True, *_lineage(at))]
 
     return to_rows
 
 
 GOLDEN_HISTORY_COLUMNS = (
+    "environment",
     "kind",
     "entity_id",
     "version",
@@ -605,6 +621,7 @@ def golden_history_row(row: Mapping[str, Any], at: Coordinates) -> Row:
     if valid_to is not None and valid_to < row["valid_from"]:
         raise ValueError(f"valid_to: expected ≥ valid_from {row['valid_from']}, got {valid_to}")
     return (
+        _environment(at, "md.history.v1"),
         _one_of(row["kind"], GOLDEN_KINDS, "kind"),
         row["entity_id"],
         _at_least(row["version"], 1, "version"),
@@ -621,6 +638,7 @@ def golden_history_row(row: Mapping[str, Any], at: Coordinates) -> Row:
 
 
 MD_CONFLICT_COLUMNS = (
+    "environment",
     "conflict_id",
     "kind",
     "entity_id",
@@ -640,6 +658,7 @@ MD_CONFLICT_COLUMNS = (
 def md_conflict_row(conflict: Mapping[str, Any], at: Coordinates) -> Row:
     """A `qms.md_conflict` row from a decoded `md.conflicts.v1` record."""
     return (
+        _environment(at, "md.conflicts.v1"),
         _uuid(conflict["conflict_id"], "conflict_id"),
         _one_of(conflict["kind"], GOLDEN_KINDS, "kind"),
         conflict["entity_id"],
@@ -748,7 +767,7 @@ GOLDEN_HISTORY_UPSERT = Upsert(
 
 
 def _golden_binding(kind: EntityKind) -> TableBinding:
-    topic = f"md.{kind.replace('_', '-')}.v1"
+    topic = _md_topic(kind)
     return TableBinding(
         topic,
         f"{topic}-value",
@@ -756,7 +775,7 @@ def _golden_binding(kind: EntityKind) -> TableBinding:
             TableWrite(
                 "qms.golden_record",
                 GOLDEN_RECORD_COLUMNS,
-                ("kind", "entity_id"),
+                ("environment", "kind", "entity_id"),
                 golden_record_rows(kind),
                 GOLDEN_RECORD_UPSERT,
                 on_tombstone=golden_tombstone_rows(kind),
@@ -861,7 +880,10 @@ BINDINGS: tuple[TableBinding, ...] = (
         "md.conflicts.v1-value",
         (
             _insert_only(
-                "qms.md_conflict", MD_CONFLICT_COLUMNS, "conflict_id", _single(md_conflict_row)
+                "qms.md_conflict",
+                MD_CONFLICT_COLUMNS,
+                ("environment", "conflict_id"),
+                _single(md_conflict_row),
             ),
         ),
     ),
@@ -872,7 +894,7 @@ BINDINGS: tuple[TableBinding, ...] = (
             TableWrite(
                 "qms.golden_record_history",
                 GOLDEN_HISTORY_COLUMNS,
-                ("kind", "entity_id", "version"),
+                ("environment", "kind", "entity_id", "version"),
                 _single(golden_history_row),
                 GOLDEN_HISTORY_UPSERT,
             ),

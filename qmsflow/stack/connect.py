@@ -11,7 +11,10 @@ Layout, under `settings.stack_dir / "connect"`:
     worker.pid          the pid of the detached JVM
 
 The worker keeps its state in Kafka, in the topics `qmsflow-connect-{configs,offsets,status}`
-(group `qmsflow-connect`), so registered connectors survive a restart. Debezium is on the
+(group `qmsflow-connect`), so registered connectors survive a restart. A test that stops and
+kills a worker starts one of its own (`LocalConnect(..., port=, home=, group_id=,
+storage_topic_prefix=)`): its own REST port, folder, group and state topics, so the shared
+worker on 18083, which other environments use, is never touched. Debezium is on the
 worker's class path; connector configs read environment-specific values with
 `${env:CDC_…}` through the EnvVarConfigProvider, and the launcher sets those variables for the
 local demo database `erp`. The class path is cached in
@@ -20,9 +23,11 @@ local demo database `erp`. The class path is cached in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -100,14 +105,19 @@ def connect_version(pom: Path = POM) -> str:
     raise StackError(f"expected a <kafka.version> property in {pom}, found none")
 
 
-def render_worker_properties(bootstrap_servers: str, port: int) -> str:
+def render_worker_properties(
+    bootstrap_servers: str,
+    port: int,
+    group_id: str = GROUP_ID,
+    storage_topic_prefix: str = STORAGE_TOPIC_PREFIX,
+) -> str:
     """Render a distributed worker's properties: REST on 127.0.0.1:`port`, state in Kafka."""
     lines = {
         "bootstrap.servers": bootstrap_servers,
-        "group.id": GROUP_ID,
-        "config.storage.topic": f"{STORAGE_TOPIC_PREFIX}configs",
-        "offset.storage.topic": f"{STORAGE_TOPIC_PREFIX}offsets",
-        "status.storage.topic": f"{STORAGE_TOPIC_PREFIX}status",
+        "group.id": group_id,
+        "config.storage.topic": f"{storage_topic_prefix}configs",
+        "offset.storage.topic": f"{storage_topic_prefix}offsets",
+        "status.storage.topic": f"{storage_topic_prefix}status",
         # one broker: the storage topics cannot have more replicas than that
         "config.storage.replication.factor": "1",
         "offset.storage.replication.factor": "1",
@@ -184,14 +194,32 @@ def _get_json(url: str, timeout: float) -> Any:
 
 
 class LocalConnect:
-    """One Kafka Connect worker with Debezium for development and tests, left running."""
+    """One Kafka Connect worker with Debezium for development and tests, left running.
 
-    def __init__(self, settings: Settings, pom: Path = POM, port: int = CONNECT_PORT) -> None:
+    The defaults are the stack's shared worker. Another `home` (its folder: properties, log,
+    pid), `port`, `group_id` and `storage_topic_prefix` make an independent worker beside it;
+    two workers sharing any of them would join one Connect cluster or fight over one port.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        pom: Path = POM,
+        port: int = CONNECT_PORT,
+        *,
+        home: Path | None = None,
+        group_id: str = GROUP_ID,
+        storage_topic_prefix: str = STORAGE_TOPIC_PREFIX,
+    ) -> None:
         self.settings = settings
         self.pom = pom
         self.port = port
+        self.group_id = group_id
+        self.storage_topic_prefix = storage_topic_prefix
         self.version = connect_version(pom)
-        self.home = settings.stack_dir / "connect"
+        self.home = settings.stack_dir / "connect" if home is None else home
+        # beside the folder (`.stack/connect.lock` for the shared worker), so `up` can create it
+        self.lock_file = self.home.parent / f"{self.home.name}.lock"
         self.worker_properties = self.home / "worker.properties"
         self.log4j_properties = self.home / "log4j2.properties"
         self.log = self.home / "worker.log"
@@ -230,7 +258,8 @@ class LocalConnect:
         Needs the broker running (the worker's state lives in Kafka); raises StackError when
         the worker exits or is not ready within READY_TIMEOUT.
         """
-        with exclusive(self.settings.stack_dir / "connect.lock"):
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.lock_file):
             self._up(echo)
 
     def _up(self, echo: Echo) -> None:
@@ -250,7 +279,12 @@ class LocalConnect:
         libs = self.ensure_jars(echo)
         self.home.mkdir(parents=True, exist_ok=True)
         self.worker_properties.write_text(
-            render_worker_properties(self.settings.bootstrap_servers, self.port)
+            render_worker_properties(
+                self.settings.bootstrap_servers,
+                self.port,
+                self.group_id,
+                self.storage_topic_prefix,
+            )
         )
         self.log4j_properties.write_text(LOG4J2_PROPERTIES)
         echo(f"Starting Kafka Connect {self.version} on {self.url} (log: {self.log}) …")
@@ -278,18 +312,59 @@ class LocalConnect:
         self.pid_file.write_text(f"{worker.pid}\n")
         self._wait_ready(worker.pid, echo, log_offset)
 
-    def down(self, echo: Echo = echo_stdout) -> None:
-        """Stop the worker: SIGTERM, then SIGKILL after 30 s; connectors stay registered."""
+    def down(self, echo: Echo = echo_stdout) -> bool:
+        """Stop the worker: SIGTERM, then SIGKILL after 30 s; connectors stay registered.
+
+        Returns True when the worker stopped by itself (its tasks committed their offsets),
+        False when it had to be killed or was not running.
+        """
         pid = self._pid()
         if pid is None:
             echo("Kafka Connect is not running")
             self.pid_file.unlink(missing_ok=True)
-            return
+            return False
         echo(f"Stopping Kafka Connect (pid {pid}) …")
-        if not terminate(pid, STOP_GRACE):
+        clean = terminate(pid, STOP_GRACE)
+        if not clean:
             echo(f"  Kafka Connect did not stop within {STOP_GRACE:.0f} s; killed")
+        self._reap(pid)
         self.pid_file.unlink(missing_ok=True)
         echo("Kafka Connect stopped")
+        return clean
+
+    def kill(self) -> int | None:
+        """SIGKILL the worker, as a crashed pod: no task stops, no offset commit.
+
+        Returns the killed pid (None when none ran) once the process is gone.
+        """
+        pid = self._pid()
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):  # it died by itself meanwhile
+            os.killpg(pid, signal.SIGKILL)  # the JVM leads its own session (start_new_session)
+        self._reap(pid)
+        deadline = time.monotonic() + STOP_GRACE
+        while is_alive(pid):
+            if time.monotonic() > deadline:
+                raise StackError(f"expected pid {pid} gone after SIGKILL, still alive")
+            time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def running_pid(self) -> int | None:
+        """The pid of this worker's JVM, None when it does not run."""
+        return self._pid()
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        """Wait for a worker this process started, so it leaves no zombie."""
+        for worker in list(_DETACHED):
+            if worker.pid == pid:
+                try:
+                    worker.wait(STOP_GRACE)
+                except subprocess.TimeoutExpired:
+                    return
+                _DETACHED.remove(worker)
 
     def status(self) -> dict[str, Any]:
         """Whether the worker runs and lists Debezium, with its pid, URL, connectors and log."""
@@ -324,7 +399,7 @@ class LocalConnect:
         started = time.monotonic()
         last_report = started
         while True:
-            if not self._is_ours(pid):
+            if _exited(pid):
                 cause = _first_error(self._log_since(started_at)) or "(no ERROR line)"
                 raise StackError(
                     f"expected the local Connect worker (pid {pid}) to keep running, but it "
@@ -385,6 +460,20 @@ class LocalConnect:
                 return True
         except OSError:
             return False
+
+
+def _exited(pid: int) -> bool:
+    """Whether a worker being waited for has exited (its exit status, if started here).
+
+    Not a command-line match (`_is_ours`): Popen returns once the child's execve has closed
+    its close-on-exec pipe, which the kernel does before it sets up the new argv, so
+    /proc/<pid>/cmdline can still be empty; under load that made a starting worker look dead
+    while its JVM went on to start, without an owner.
+    """
+    for worker in _DETACHED:
+        if worker.pid == pid:
+            return worker.poll() is not None
+    return not is_alive(pid)
 
 
 def _first_error(log_text: str) -> str | None:

@@ -50,6 +50,9 @@ ARRIVAL_TIMEOUT = 60.0
 #: a deleted connector's task lets go of its replication slot within seconds
 SLOT_RELEASE_TIMEOUT = 30.0
 
+#: Debezium's marks of a table's last snapshot row, and of the whole snapshot's last row
+SNAPSHOT_ENDS = frozenset({"last_in_data_collection", "last"})
+
 #: every table the connector captures, `<schema>.<table>`, as the connector file lists them
 CAPTURED = registration.load(registration.ERP_POSTGRES).config["table.include.list"].split(",")
 
@@ -125,15 +128,16 @@ class Received:
 class ErpCdc:
     """One connector of this test: its topics, its own supplier row and the source database.
 
-    `snapshot_rows` counts each captured table's rows when the connector was registered, so
-    a test knows when the whole initial snapshot has arrived.
+    `entities_before` holds the ids of every golden-record source table just before the
+    connector was registered: the entities the snapshot must contain, unless another test
+    sharing the source database deletes them meanwhile.
     """
 
     bootstrap: str
     prefix: str
     erp_conninfo: str
     supplier_id: str
-    snapshot_rows: dict[str, int]
+    entities_before: dict[EntityKind, set[str]]
 
     def topic(self, table: str) -> str:
         """The CDC topic of a `<schema>.<table>`: `<prefix>cdc.erp.<schema>.<table>`."""
@@ -191,14 +195,22 @@ class ErpCdc:
             consumer.close()
         return records
 
-    def ids(self, table: str, column: str) -> set[str]:
-        """Every value of a table's id column, now."""
-        schema, name = table.split(".")
-        query = sql.SQL("select {} from {}").format(
-            sql.Identifier(column), sql.Identifier(schema, name)
-        )
-        with psycopg.connect(self.erp_conninfo) as connection:
-            return {str(row[0]) for row in connection.execute(query)}
+    def entities(self) -> dict[EntityKind, set[str]]:
+        """The ids of every golden-record source table, by kind, now."""
+        return _source_entities(self.erp_conninfo)
+
+
+def _source_entities(conninfo: str) -> dict[EntityKind, set[str]]:
+    found: dict[EntityKind, set[str]] = {}
+    with psycopg.connect(conninfo) as connection:
+        for source in load_survivorship_rules().sources:
+            query = sql.SQL("select {} from {}").format(
+                sql.Identifier(source.id_column),
+                sql.Identifier(source.system.lower(), source.table),
+            )
+            ids = {str(row[0]) for row in connection.execute(query)}
+            found.setdefault(source.kind, set()).update(ids)
+    return found
 
 
 def _drop_slot(conninfo: str, slot: str) -> None:
@@ -217,17 +229,6 @@ def _drop_slot(conninfo: str, slot: str) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"replication slot {slot} still active {SLOT_RELEASE_TIMEOUT:.0f} s")
             time.sleep(0.5)
-
-
-def _row_counts(conninfo: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    with psycopg.connect(conninfo) as connection:
-        for table in CAPTURED:
-            schema, name = table.split(".")
-            query = sql.SQL("select count(*) from {}").format(sql.Identifier(schema, name))
-            row = connection.execute(query).fetchone()
-            counts[table] = int(row[0]) if row else 0
-    return counts
 
 
 @pytest.fixture
@@ -249,7 +250,7 @@ def erp_cdc(
         prefix=topic_prefix,
         erp_conninfo=erp,
         supplier_id=f"SUP-T{topic_prefix.strip('.').upper()}",
-        snapshot_rows={},
+        entities_before={},
     )
     cdc.execute(
         "insert into erp.supplier (supplier_id, name, country_code, address) "
@@ -259,7 +260,7 @@ def erp_cdc(
         "IE",
         "Unit 1, Test Park",
     )
-    cdc.snapshot_rows = _row_counts(erp)
+    cdc.entities_before = _source_entities(erp)
     slot = registration.slot_name(topic_prefix)
     name = f"{topic_prefix}erp-postgres"
     try:
@@ -312,6 +313,8 @@ class TestSnapshot:
         topics = {r.topic for r in records}
         assert topics == {erp_cdc.topic(t) for t in CAPTURED}
         for record in records:
+            if record.value is None:  # another test deleted a row of its own meanwhile
+                continue
             source = record.value["source"]
             assert record.topic == erp_cdc.topic(f"{source['schema']}.{source['table']}")
 
@@ -370,11 +373,22 @@ class TestChanges:
 
 
 def _snapshot_complete(cdc: ErpCdc) -> Callable[[list[Received]], bool]:
-    """Whether every captured table's topic holds at least its rows at registration, as reads."""
+    """Whether every captured table's snapshot has arrived, to its last row.
+
+    Debezium marks a table's last snapshot row `source.snapshot=last_in_data_collection` (the
+    whole snapshot's last row `last`), and a topic keeps its order: once the marker is read,
+    the table's snapshot is. Not a count of rows taken beforehand: tests sharing the source
+    database insert and delete rows of their own while this snapshot runs.
+    """
+    topics = {cdc.topic(t) for t in CAPTURED}
 
     def done(seen: list[Received]) -> bool:
-        reads = Counter(r.topic for r in seen if r.value is not None and r.value["op"] == "r")
-        return all(reads[cdc.topic(t)] >= n for t, n in cdc.snapshot_rows.items())
+        marked = {
+            r.topic
+            for r in seen
+            if r.value is not None and r.value["source"].get("snapshot") in SNAPSHOT_ENDS
+        }
+        return marked >= topics
 
     return done
 
@@ -401,10 +415,12 @@ class TestGoldenRecords:
             states[routed] = outcome.state
             conflicts.extend(outcome.conflicts)
 
-        expected: dict[EntityKind, set[str]] = {}
-        for source in rules.sources:
-            ids = erp_cdc.ids(f"{source.system.lower()}.{source.table}", source.id_column)
-            expected.setdefault(source.kind, set()).update(ids)
+        # present before the snapshot and still present now: in the snapshot for sure (other
+        # tests add and delete rows of their own in the shared source database meanwhile)
+        now = erp_cdc.entities()
+        expected = {
+            kind: ids & now.get(kind, set()) for kind, ids in erp_cdc.entities_before.items()
+        }
         assert {s.supplier_id for s in PLANT.suppliers} <= expected["supplier"]
         assert {p.number for p in PLANT.parts} <= expected["part"]
         assert {e.equipment_id for e in PLANT.equipment} <= expected["equipment"]
@@ -423,6 +439,11 @@ class TestGoldenRecords:
             "L2601-0008",
             "L2601-0009",
         ]
+        # other environments' tests add entities (and disagreements) of their own to the shared
+        # source database while this snapshot runs: only the seed's entities are asserted
+        seeded = {s.supplier_id for s in PLANT.suppliers} | {
+            e.equipment_id for e in PLANT.equipment
+        }
         found = {
             (
                 c.kind,
@@ -432,5 +453,6 @@ class TestGoldenRecords:
                 (c.losing_source, c.losing_value),
             )
             for c in conflicts
+            if c.entity_id in seeded
         }
         assert found == SEEDED_CONFLICTS

@@ -7,7 +7,9 @@ then runs the real worker and sink processes of its own environment (topic prefi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,11 @@ class Cdc:
         assert self.producer.flush(30) == 0
 
 
-@pytest.fixture
-def pipeline(
-    kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
+@contextlib.contextmanager
+def _running_pipeline(
+    kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, logs: Path
 ) -> Iterator[PipelineProcesses]:
+    """The CDC topics, worker and sink of one environment (topic prefix), stopped after."""
     settings = Settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         database_url=postgres_dsn,
@@ -105,25 +108,54 @@ def pipeline(
         future.result()
     migrate(postgres_dsn, echo=lambda _line: None)
     processes = PipelineProcesses(
-        settings, environment(settings, kafka_bootstrap, postgres_dsn), tmp_path
+        settings, environment(settings, kafka_bootstrap, postgres_dsn), logs
     )
-    processes.start_worker()  # finds the CDC topics at start-up: they exist by now
-    processes.start_sink()
-    yield processes
-    # The quality agent holds the ticks it has fetched unacknowledged until the master-data feed
-    # is ready (several seconds after start-up), and Faust's shutdown waits for them: a worker
-    # stopped before that does not stop within PipelineProcesses' grace period. This test is
-    # faster than that, so it waits until the ticks are consumed.
-    ticks = [settings.topic("quality.ticks.v1")]
-    wait_for(
-        lambda: (
-            consumed_offsets(settings, settings.topic(settings.app_id), ticks).get(ticks[0], 0) > 0
-        ),
-        timeout=STEP_TIMEOUT,
-        what="the quality agent to start consuming (master data ready)",
-        alive=processes.assert_alive,
-    )
-    processes.stop()
+    try:
+        processes.start_worker()  # finds the CDC topics at start-up: they exist by now
+        processes.start_sink()
+        yield processes
+        # The quality agent holds the ticks it has fetched unacknowledged until the master-data
+        # feed is ready (several seconds after start-up), and Faust's shutdown waits for them: a
+        # worker stopped before that does not stop within PipelineProcesses' grace period. This
+        # test is faster than that, so it waits until the ticks are consumed.
+        ticks = [settings.topic("quality.ticks.v1")]
+        group = settings.topic(settings.app_id)
+        wait_for(
+            lambda: consumed_offsets(settings, group, ticks).get(ticks[0], 0) > 0,
+            timeout=STEP_TIMEOUT,
+            what="the quality agent to start consuming (master data ready)",
+            alive=processes.assert_alive,
+        )
+    finally:
+        processes.stop()
+
+
+@pytest.fixture
+def pipeline(
+    kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
+) -> Iterator[PipelineProcesses]:
+    with _running_pipeline(kafka_bootstrap, postgres_dsn, topic_prefix, tmp_path) as processes:
+        yield processes
+
+
+@pytest.fixture
+def second_pipeline(
+    kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path
+) -> Iterator[PipelineProcesses]:
+    """A second environment beside `pipeline`'s: its own prefix, topics deleted after."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    logs = tmp_path / "second"
+    logs.mkdir()
+    try:
+        with _running_pipeline(kafka_bootstrap, postgres_dsn, prefix, logs) as processes:
+            yield processes
+    finally:
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                with contextlib.suppress(Exception):  # already gone
+                    future.result()
 
 
 def _rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -341,3 +373,107 @@ class TestGoldenRecords:
             " AND kafka_topic LIKE %s",
             like,
         ) == [(0,)]
+
+
+class TestEnvironments:
+    def test_two_environments_with_the_same_ids_keep_their_own_master_data(
+        self,
+        pipeline: PipelineProcesses,
+        second_pipeline: PipelineProcesses,
+        postgres_dsn: str,
+    ) -> None:
+        """Two topic prefixes sharing one database, same entity ids: each keeps its own rows.
+
+        The same supplier id carries another name in each environment, and the same equipment
+        disagreement in both makes the same conflict id twice. Keyed without the environment,
+        the second environment's golden record and history overwrote the first's, and its
+        conflict was dropped as a duplicate (migration 0011).
+        """
+        run = uuid.uuid4().hex[:8].upper()  # the same ids in both environments, new per run
+        equipment = f"EQ-SHARED-{run}"
+        supplier = f"SUP-SHARED-{run}"
+        asset_key = {"equipment_id": equipment}
+        asset = {
+            **asset_key,
+            "description": "torque analyser",
+            "site": "CORK2",
+            "calibration_status": "CALIBRATED",
+            "calibration_due": 20_600,
+        }
+        names = {
+            pipeline.settings.topic_prefix: "Acme Validation GmbH",
+            second_pipeline.settings.topic_prefix: "Acme Production GmbH",
+        }
+        feeds = {p.settings.topic_prefix: Cdc(p.settings) for p in (pipeline, second_pipeline)}
+        for prefix, cdc in feeds.items():
+            cdc.change("cmms.asset", "c", asset_key, asset, lsn=100)
+            row = {
+                "supplier_id": supplier,
+                "name": names[prefix],
+                "country_code": "IE",
+                "asl_status": "APPROVED",
+            }
+            cdc.change("erp.supplier", "c", {"supplier_id": supplier}, row, lsn=150)
+            cdc.flush()
+
+        def alive() -> None:
+            pipeline.assert_alive()
+            second_pipeline.assert_alive()
+
+        def environments(table: str, kind: str, entity_id: str) -> list[str]:
+            return [
+                r[0]
+                for r in _rows(
+                    postgres_dsn,
+                    f"SELECT environment FROM {table} WHERE kind = %s AND entity_id = %s"
+                    " ORDER BY environment",
+                    kind,
+                    entity_id,
+                )
+            ]
+
+        both = sorted(names)
+        # one source at a time, as in the test above: CMMS first, then QMS disagreeing
+        wait_for(
+            lambda: environments("qms.golden_record", "equipment", equipment) == both,
+            timeout=START_TIMEOUT,
+            what="the equipment's golden record in both environments",
+            alive=alive,
+        )
+        status = {**asset_key, "calibration_status": "OUT_OF_TOLERANCE"}
+        for cdc in feeds.values():
+            cdc.change("qms.equipment_status", "c", asset_key, status, lsn=200)
+            cdc.flush()
+        wait_for(
+            lambda: (
+                environments("qms.md_conflict", "equipment", equipment) == both
+                and environments("qms.golden_record", "supplier", supplier) == both
+                and environments("qms.golden_record_history", "supplier", supplier) == both
+            ),
+            timeout=STEP_TIMEOUT,
+            what="conflict, supplier and its history in both environments",
+            alive=alive,
+        )
+
+        assert _rows(
+            postgres_dsn,
+            "SELECT environment, version, fields->>'name', kafka_topic FROM qms.golden_record"
+            " WHERE kind = 'supplier' AND entity_id = %s ORDER BY environment",
+            supplier,
+        ) == [(prefix, 1, names[prefix], f"{prefix}md.supplier.v1") for prefix in both]
+        assert _rows(
+            postgres_dsn,
+            "SELECT environment, version, fields->>'name' FROM qms.golden_record_history"
+            " WHERE kind = 'supplier' AND entity_id = %s ORDER BY environment",
+            supplier,
+        ) == [(prefix, 1, names[prefix]) for prefix in both]
+        conflicts = _rows(
+            postgres_dsn,
+            "SELECT environment, conflict_id, winning_value, losing_value FROM qms.md_conflict"
+            " WHERE kind = 'equipment' AND entity_id = %s ORDER BY environment",
+            equipment,
+        )
+        assert [(c[0], c[2], c[3]) for c in conflicts] == [
+            (prefix, "CALIBRATED", "OUT_OF_TOLERANCE") for prefix in both
+        ]
+        assert conflicts[0][1] == conflicts[1][1], "the same disagreement, the same conflict id"

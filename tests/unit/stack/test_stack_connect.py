@@ -45,6 +45,17 @@ class TestWorkerProperties:
             assert props[f"{kind}.storage.topic"].startswith("qmsflow-connect-")
             assert props[f"{kind}.storage.replication.factor"] == "1"
 
+    def test_a_second_worker_has_its_own_group_and_state_topics(self) -> None:
+        """A test's own worker joins no other cluster: its group and state topics are its own."""
+        props = _properties(
+            render_worker_properties("b:9092", 18999, "t1a2b3c4d.connect", "t1a2b3c4d.connect-")
+        )
+
+        assert props["group.id"] == "t1a2b3c4d.connect"
+        assert props["listeners"] == "http://127.0.0.1:18999"
+        for kind, topic in (("config", "configs"), ("offset", "offsets"), ("status", "status")):
+            assert props[f"{kind}.storage.topic"] == f"t1a2b3c4d.connect-{topic}"
+
     def test_json_without_schemas(self) -> None:
         """Keys and values are plain JSON: the Debezium envelope without a schema wrapper."""
         props = _properties(render_worker_properties("b:9092", CONNECT_PORT))

@@ -243,6 +243,23 @@ class TestSinkRows:
         )
         assert json.loads(row["fields"])["calibration_status"] == "CALIBRATED"
 
+    def test_golden_rows_are_keyed_by_the_environment_they_were_read_in(self) -> None:
+        """The topic prefix is the row's environment, first in the key (migration 0011)."""
+        _, (plan,) = fold(change("cdc.erp.cmms.asset", "c", ASSET, lsn=10, offset=0))
+        assert plan.record is not None
+        value = CODEC.encode("md.equipment.v1-value", dict(plan.record))
+        sink = self._sink()
+        sink.add("t.md.equipment.v1", 1, 4, b"EQ-7", value, [(GOLDEN_VERSION_HEADER, b"1")])
+        sink.add("t.md.equipment.v1", 1, 5, b"EQ-7", None, [(GOLDEN_VERSION_HEADER, b"2")])
+        rows = self._buffered(sink, "qms.golden_record")
+        assert [(r["environment"], r["kind"], r["entity_id"]) for r in rows] == [
+            ("t.", "equipment", "EQ-7")
+        ] * 2
+        (write,) = next(b for b in BINDINGS if b.topic == "md.equipment.v1").writes
+        assert write.key == ("environment", "kind", "entity_id")
+        keys = {b.topic: b.writes[0].key for b in BINDINGS}
+        assert keys["md.history.v1"][0] == keys["md.conflicts.v1"][0] == "environment"
+
     def test_tombstone_on_an_md_topic_marks_the_record_deleted(self) -> None:
         """A null value on a compacted md topic is a deleted row, not a dead letter."""
         sink = self._sink()
