@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 EMPLOYEE_TOPIC = "md.employee.v1"
 _BATCH = 1000  # records per poll; master data is small, catch-up is a few polls
 _POLL_SECONDS = 0.5
+_RETRY_FIRST_SECONDS = 1.0  # backoff while the broker does not answer at start-up
+_RETRY_MAX_SECONDS = 15.0
 
 
 class MasterDataFeed:
@@ -65,7 +67,7 @@ class MasterDataFeed:
         # librdkafka, so the close is queued behind the poll on the same thread.
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md-reader")
         try:
-            targets = await loop.run_in_executor(thread, self._assign_all, consumer)
+            targets = await self._assign_when_reachable(loop, thread, consumer, stopping)
             while not stopping():
                 messages = await loop.run_in_executor(
                     thread, consumer.consume, _BATCH, _POLL_SECONDS
@@ -78,6 +80,29 @@ class MasterDataFeed:
         finally:
             thread.submit(consumer.close)
             thread.shutdown(wait=False)
+
+    async def _assign_when_reachable(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: ThreadPoolExecutor,
+        consumer: Consumer,
+        stopping: Callable[[], bool],
+    ) -> dict[tuple[str, int], int]:
+        """Assign every partition, retrying while the broker is unreachable.
+
+        A worker that starts (or restarts) during a broker outage must wait for the broker,
+        not crash: the watermark query is the one call here that needs it to answer.
+        """
+        delay = _RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await loop.run_in_executor(thread, self._assign_all, consumer)
+            except KafkaException as error:
+                if stopping():
+                    raise
+                log.warning("master data: broker not answering (%s); retry in %.0f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
     def _assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         metadata = consumer.list_topics(timeout=30).topics
