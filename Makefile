@@ -54,6 +54,10 @@ chart: install ## build helm once (cached in ~/.cache/qmsflow/bin), lint and val
 	$(BIN)/pytest -q tests/deploy
 
 .PHONY: bench
-bench: install ## throughput benchmarks vs their baselines (~5 min); bench/results/<time>.json + .png
+bench: install ## throughput, latency, scale and state benchmarks vs their baselines (~15 min); bench/results/<time>.json + .png
 	$(QMSFLOW) stack up
 	$(BIN)/python -m bench
+
+.PHONY: chaos
+chaos: install ## faults, poison and load on a stack of its own (.stack-chaos); ledgers printed and in its report.json
+	RUN_CHAOS=1 $(BIN)/pytest -q tests/chaos

@@ -58,3 +58,61 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_more(document: Mapping[str, Any], path: Path) -> None:
+    """Latency percentiles per offered rate, throughput per configuration, state bytes per key."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    latency = document.get("latency")
+    if latency:
+        ax = axes[0]
+        series = (
+            ("producer_to_row", "→ Postgres row", "#1f77b4"),
+            ("producer_to_quarantine_command", "→ quarantine command", "#ff7f0e"),
+            ("baseline_producer_to_plain_consumer", "baseline: → plain consumer", "#aaaaaa"),
+        )
+        rates = [e["offered_per_second"] for e in latency["rates"]]
+        width = 0.27
+        for n, (key, label, color) in enumerate(series):
+            p50 = [(e[key] or {}).get("p50_ms", 0) for e in latency["rates"]]
+            p99 = [(e[key] or {}).get("p99_ms", 0) for e in latency["rates"]]
+            xs = [x + (n - 1) * width for x in range(len(rates))]
+            ax.bar(xs, p99, width, color=color, alpha=0.45)
+            ax.bar(xs, p50, width, color=color, label=f"{label} (p50 solid, p99 light)")
+        ax.axhline(latency["target"]["p99_ms"], color="red", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(rates)), [f"{r:,}/s" for r in rates], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms from the producer's timestamp", fontsize=8)
+        ax.set_title("latency at fixed offered rates (red: p99 target)", fontsize=10)
+        ax.legend(fontsize=7)
+    scale = [r for r in document.get("scale") or [] if "per_second" in r]
+    if scale:
+        ax = axes[1]
+        labels = [f"{r['workers']}w\n{r['partitions']}p" for r in scale]
+        bars = ax.bar(range(len(scale)), [r["per_second"] for r in scale], color="#1f77b4")
+        ax.bar_label(bars, labels=[f"{r['per_second']:,.0f}" for r in scale], fontsize=8)
+        ax.set_xticks(range(len(scale)), labels, fontsize=8)
+        ax.set_title("end-to-end events/s by workers (w) and partitions (p)", fontsize=10)
+    state = [r for r in document.get("state") or [] if "error" not in r]
+    if state:
+        ax = axes[2]
+        slots = range(len(state))
+        ax.bar(
+            [x - 0.2 for x in slots], [r["disk_bytes_per_key"] for r in state], 0.4, label="disk"
+        )
+        ax.bar(
+            [x + 0.2 for x in slots],
+            [r["baseline_payload_bytes_per_key"] for r in state],
+            0.4,
+            color="#aaaaaa",
+            label="payload (baseline)",
+        )
+        ax.axhline(200, color="red", linestyle="--", linewidth=1, label="target 200 B")
+        ax.set_xticks(list(slots), [f"{r['keys']:,} keys" for r in state], fontsize=8)
+        ax.set_ylabel("bytes per key", fontsize=8)
+        ax.set_title("dedup state on disk per key", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"qmsflow bench {document['started_at']}: latency, scale, state", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -11,7 +11,14 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
   6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic.
 Each step runs alone, so the two cores are not shared between measurements. Rates are unique
 events (rows) per second of wall time to carry the whole input, duplicates included.
-Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step, 300).
+Then, once each: latency at fixed offered rates (bench.latency), throughput by workers and
+partitions plus state recovery time (bench.scale), dedup state per key at 1M and 10M keys
+(bench.state). The machine's load average is recorded before and after: other work on the
+machine slows every step, which is why each figure is set against a baseline from the same run.
+Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step, 300),
+BENCH_LATENCY_RATES (`500:20,2000:10,10000:3`), BENCH_SCALE (`workers:partitions,…`),
+BENCH_SCALE_EVENTS (6000), BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,
+state`: steps to leave out).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from bench.machine import machine, versions
-from bench.plot import plot
+from bench.plot import plot, plot_more
 from bench.results_model import Run, check_targets, format_table, medians, result_document
 from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.rows import QUALITY_EVENT_COLUMNS, quality_event_row
@@ -381,19 +388,45 @@ def repetition(
 
 
 def main() -> None:
-    """Run every repetition, then write the JSON and the plot and print the table."""
+    """Run every repetition and the single steps, then write the JSON and plots, print tables."""
+    # imported here: they reuse this module's helpers, so a top-level import would be circular
+    from bench.latency import format_latency, latency_check, measure_latency, rates_from_environment
+    from bench.scale import configurations_from_environment, format_scale, measure_scale
+    from bench.state import KEY_COUNTS, format_state, measure_state, state_check
+
     events = int(os.environ.get("BENCH_EVENTS", "20000"))
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
     timeout = float(os.environ.get("BENCH_TIMEOUT", "300"))
+    skip = set(os.environ.get("BENCH_SKIP", "").split(","))
     base = Settings()
     migrate(base.dsn, echo=_quiet)
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+    load_before = os.getloadavg()
+    wall = time.monotonic()
     runs: list[Run] = []
     repetitions = []
     for rep in range(repeats):
+        print(f"throughput repetition {rep + 1} of {repeats}", flush=True)
         rep_runs, info = repetition(base, rep, events, timeout)
         runs += rep_runs
         repetitions.append(info)
+    extra: dict[str, Any] = {}
+    logs = Path(tempfile.mkdtemp(prefix="bench-steps-"))
+    if "latency" not in skip:
+        print("latency at fixed offered rates (one worker, one sink)", flush=True)
+        extra["latency"] = measure_latency(base, logs, rates_from_environment())
+        _delete_topics(base.model_copy(update={"topic_prefix": extra["latency"]["prefix"]}))
+    if "scale" not in skip:
+        print("scale: workers × partitions, then state recovery", flush=True)
+        scale_events = int(os.environ.get("BENCH_SCALE_EVENTS", "6000"))
+        extra["scale"] = measure_scale(
+            base, scale_events, timeout, logs, configurations_from_environment()
+        )
+    if "state" not in skip:
+        print("dedup state at scale", flush=True)
+        keys = os.environ.get("BENCH_STATE_KEYS", "")
+        counts = tuple(int(k) for k in keys.split(",") if k) if keys else KEY_COUNTS
+        extra["state"] = measure_state(counts)
     document = result_document(
         started_at=started_at,
         machine=machine(),
@@ -410,18 +443,42 @@ def main() -> None:
             "rates: unique events (rows) per second of wall time to carry the whole input",
             "e2e and naive Faust include process start-up and consumer-group join",
             "COPY: one COPY of the canonical rows into a table LIKE qms.quality_event",
+            "the machine is shared: other engineers' tests ran during this bench (load average)",
         ],
     )
+    document.update(extra)
+    document["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    document["bench_seconds"] = time.monotonic() - wall
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{started_at}.json"
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     png_path = RESULTS / f"{started_at}.png"
     plot(document, png_path)
+    more_png = RESULTS / f"{started_at}-latency-scale-state.png"
+    if extra:
+        plot_more(document, more_png)
     m = document["machine"]
     print(f"\nmachine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB")
     print(f"{events} events, {DUPLICATES:.0%} duplicates, median of {repeats} runs\n")
     print(format_table(medians(runs)))
     print()
+    if "latency" in extra:
+        print("\nlatency (ms) from the producer's timestamp\n")
+        print(format_latency(extra["latency"]))
+    if "scale" in extra:
+        print("\nscale\n")
+        print(format_scale(extra["scale"]))
+    if "state" in extra:
+        print("\ndedup state\n")
+        print(format_state(extra["state"]))
+    print(f"\nload average before {load_before}, after {os.getloadavg()}")
+    print(f"bench took {document['bench_seconds'] / 60:.1f} min\n")
     for check in check_targets(medians(runs)):
         print(check.sentence())
-    print(f"\nwrote {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
+    if "latency" in extra:
+        print(latency_check(extra["latency"]))
+    if "state" in extra:
+        print(state_check(extra["state"]))
+    print("worker RSS flat (±10%) over 10 minutes: not measured (no 10-minute run in make bench)")
+    written = [json_path, png_path, *([more_png] if extra else [])]
+    print("\nwrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))

@@ -89,6 +89,11 @@ def topics_describe() -> None:
 @click.option(
     "--keep-unmigrated-state", is_flag=True, help="Leave state of non-migrated tables in place."
 )
+@click.option(
+    "--while-producing",
+    is_flag=True,
+    help="Producers keep running: accept unread records (order across the change not kept).",
+)
 @click.option("--dry-run", is_flag=True, help="Check and plan; change nothing.")
 @click.option(
     "--catalog",
@@ -101,6 +106,7 @@ def topics_scale(
     partitions: int,
     with_copartitioned: bool,
     keep_unmigrated_state: bool,
+    while_producing: bool,
     dry_run: bool,
     catalog_file: str | None,
 ) -> None:
@@ -118,6 +124,7 @@ def topics_scale(
             partitions,
             with_group=with_copartitioned,
             keep_unmigrated=keep_unmigrated_state,
+            while_producing=while_producing,
             dry_run=dry_run,
             echo=click.echo,
         )
@@ -566,6 +573,33 @@ def status_page(host: str, port: int | None) -> None:
         serve(settings, host, port)
     except KeyboardInterrupt:
         click.echo("status page stopped")
+
+
+@main.command("canary")
+@click.option("--once", is_flag=True, help="One run; exit 1 when a path is unhealthy.")
+def canary(once: bool) -> None:
+    """Send synthetic events through every path on a schedule and report health and latency."""
+    from qmsflow import telemetry
+    from qmsflow.canary import describe, run_canary, run_once
+
+    settings = load_settings()
+    telemetry.start_telemetry(settings, "qmsflow-canary", metrics_port=settings.canary_metrics_port)
+    if once:
+        results = run_once(settings, timeout=settings.canary_timeout)
+        for result in results:
+            click.echo(describe(result))
+        if not all(result.healthy for result in results):
+            raise SystemExit(1)
+        return
+    try:
+        run_canary(
+            settings,
+            interval=settings.canary_interval,
+            timeout=settings.canary_timeout,
+            echo=click.echo,
+        )
+    except KeyboardInterrupt:
+        click.echo("canary stopped")
 
 
 @main.command("lag")

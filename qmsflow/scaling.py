@@ -7,7 +7,7 @@ therefore runs these steps, printing each, and refuses every shortcut:
   1. plan: the whole co-partitioned group (ingest, canonical and internal topics, and the Faust
      changelogs of the tables over them) grows together, never one topic alone, never down;
   2. check the worker group is stopped (no live members) and drained (lag 0 on every group topic
-     but the ticks); producers are paused by the operator first;
+     but the ticks; unless `while_producing`); producers are paused by the operator first;
   3. read every dedup mark from its changelog, and the product line of each marked event_id from
      the canonical topic;
   4. add partitions to every topic of the group and to the changelogs;
@@ -15,7 +15,9 @@ therefore runs these steps, printing each, and refuses every shortcut:
      (a tombstone on the old one); a mark whose event is no longer on the canonical topic is
      copied to every partition its product line could now map to, so dedup holds either way;
   6. write the new count into topics.toml; the operator restarts the workers, which recover the
-     moved marks and then the producers.
+     moved marks, and the sink, then any paused producers.
+With `while_producing` the producers keep running: unread records are accepted, and the ingest
+agent forwards a record found on its key's old partition to the new one (`home_partition`).
 Tables keyed by partition number stay; other tables' state is not migrated and is refused
 unless the operator accepts keeping it where it is (`keep_unmigrated`).
 """
@@ -44,6 +46,7 @@ __all__ = [
     "ScaleRefusedError",
     "check_drained",
     "group_lag",
+    "home_partition",
     "plan_scale",
     "relocate_dedup_marks",
     "rewrite_catalog",
@@ -133,9 +136,19 @@ def plan_scale(
 
 
 def check_drained(
-    lag: Mapping[tuple[str, int], int], members: Sequence[str], *, prefix: str = ""
-) -> None:
-    """Refuse while the worker group has live members or unread records on a group topic."""
+    lag: Mapping[tuple[str, int], int],
+    members: Sequence[str],
+    *,
+    prefix: str = "",
+    while_producing: bool = False,
+) -> dict[tuple[str, int], int]:
+    """Refuse while the worker group has live members or unread records on a group topic.
+
+    `while_producing` accepts unread records (the producers were not paused): the ingest agent
+    forwards each record left on its key's old partition to the new one (`home_partition`), so
+    nothing is lost or doubled; the cost is order across the change (see docs/scaling.md).
+    Returns the unread records per partition.
+    """
     if members:
         raise ScaleRefusedError(
             f"the worker group has {len(members)} live members ({', '.join(members)}); stop "
@@ -144,13 +157,15 @@ def check_drained(
     behind = {
         tp: n for tp, n in lag.items() if n > 0 and tp[0].removeprefix(prefix) not in DRAIN_EXEMPT
     }
-    if behind:
+    if behind and not while_producing:
         listed = ", ".join(f"{t}[{p}]={n}" for (t, p), n in sorted(behind.items()))
         raise ScaleRefusedError(
             "the worker group has not drained its input (records left on the old partitions "
             f"would be ordered after newer ones on the new partitions): lag {listed}; pause the "
-            "producers, run the workers until lag is 0, stop them and retry"
+            "producers, run the workers until lag is 0, stop them and retry (or accept the "
+            "reordering with --while-producing)"
         )
+    return behind
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,20 @@ def relocate_dedup_marks(
     return result
 
 
+def home_partition(key: bytes | None, partition: int, partitions: int) -> int | None:
+    """The partition a keyed record belongs on, when it was written to another one; else None.
+
+    A producer keeps the old partition count until its next metadata refresh (librdkafka and
+    Java: up to 5 min), so during and after a scale records can arrive on the partition their
+    key had before. The ingest agent forwards such a record to its home partition instead of
+    judging it where the key's dedup marks no longer live.
+    """
+    if key is None:
+        return None
+    home = partition_for(key, partitions)
+    return None if home == partition else home
+
+
 def _with_partition(value: bytes, partition: int) -> bytes:
     """The mark's value with its partition field (the retention queue's partition) updated."""
     try:
@@ -262,6 +291,7 @@ def scale(
     *,
     with_group: bool,
     keep_unmigrated: bool = False,
+    while_producing: bool = False,
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
 ) -> ScalePlan:
@@ -291,8 +321,16 @@ def scale(
 
     echo(f"2/6 check group {app_id} is stopped and drained")
     lag = group_lag(settings, app_id, topics)
-    check_drained(lag, _members(admin, app_id), prefix=settings.topic_prefix)
-    echo(f"    no live members; lag 0 on {len(lag)} partitions")
+    behind = check_drained(
+        lag, _members(admin, app_id), prefix=settings.topic_prefix, while_producing=while_producing
+    )
+    if behind:
+        echo(
+            f"    no live members; {sum(behind.values())} unread records on {len(behind)} "
+            "partitions (producers running: the workers forward them to their new partitions)"
+        )
+    else:
+        echo(f"    no live members; lag 0 on {len(lag)} partitions")
 
     echo("3/6 read the dedup marks and the product line of each marked event")
     marks: dict[bytes, tuple[int, bytes]] = {}
@@ -352,7 +390,10 @@ def scale(
     updated = rewrite_catalog(text, plan.topics, plan.target)
     parse_catalog(tomllib.loads(updated))  # the group's counts still agree
     catalog_path.write_text(updated, "utf-8")
-    echo("done: restart the workers (they recover the moved marks), then the producers")
+    echo(
+        "done: restart the workers (they recover the moved marks) and the sink (it sees the new "
+        "partitions now, not at its next metadata refresh), then any paused producers"
+    )
     return plan
 
 

@@ -114,8 +114,16 @@ class Settings(BaseSettings):
         default=2000, description="QMSFLOW_SINK_BATCH_SIZE: most rows per sink transaction."
     )
     sink_batch_timeout: float = Field(
-        default=0.5,
-        description="QMSFLOW_SINK_BATCH_TIMEOUT: seconds to wait filling a batch before writing.",
+        default=0.05,
+        description="QMSFLOW_SINK_BATCH_TIMEOUT: seconds to wait filling a batch before writing "
+        "(the sink's share of a quiet record's latency; a busy sink fills batches sooner).",
+    )
+    stream_batch_max: int = Field(
+        default=1000,
+        ge=1,
+        description="QMSFLOW_STREAM_BATCH_MAX: most records the ingest and quality agents "
+        "handle per batch (one produce request, one wait for acknowledgements); 1 handles each "
+        "record on its own, without Faust's take buffer.",
     )
     tick_interval: float = Field(
         default=5.0,
@@ -200,6 +208,22 @@ class Settings(BaseSettings):
         default=8070,
         description="QMSFLOW_STATUS_PAGE_PORT: port of `qmsflow status-page` (the live status "
         "page and its /api/status JSON).",
+    )
+    canary_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="QMSFLOW_CANARY_INTERVAL: seconds between runs of `qmsflow canary`.",
+    )
+    canary_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="QMSFLOW_CANARY_TIMEOUT: seconds a canary run waits for each path's output "
+        "before reporting the path unhealthy.",
+    )
+    canary_metrics_port: int = Field(
+        default=0,
+        description="QMSFLOW_CANARY_METRICS_PORT: port of the canary's Prometheus /metrics "
+        "endpoint; 0 = off.",
     )
     log_format: LogFormat = Field(
         default="json",

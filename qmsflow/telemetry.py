@@ -47,6 +47,7 @@ __all__ = [
     "TraceParent",
     "annotate",
     "current_correlation_id",
+    "exporting",
     "header_value",
     "output_headers",
     "parse_traceparent",
@@ -313,6 +314,16 @@ class JsonLinesSpanExporter(SpanExporter):
 
 _started: set[str] = set()
 _start_lock = threading.Lock()
+_exporting = False
+
+
+def exporting() -> bool:
+    """Whether finished spans go anywhere (an OTLP endpoint or a trace file is configured).
+
+    Spans that only carry a trace id onward are always made; this tells a caller whether the
+    extra spans it would record only for export (the sink's per-record spans) are worth making.
+    """
+    return _exporting
 
 
 def start_telemetry(settings: Settings, service: str, *, metrics_port: int = 0) -> None:
@@ -337,6 +348,8 @@ def start_telemetry(settings: Settings, service: str, *, metrics_port: int = 0) 
             exporter = JsonLinesSpanExporter(settings.trace_file, service)
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
+        global _exporting
+        _exporting = bool(settings.otlp_endpoint) or settings.trace_file is not None
         if metrics_port > 0:
             start_http_server(metrics_port)
 
@@ -396,10 +409,12 @@ SLA_COMPLIANCE = Gauge(
 _sla_counts: dict[str, list[int]] = {}  # sla → [met, measured]
 
 
-def record_event(direction: str, stage: str, topic: str, event_type: str | None) -> None:
-    """Count one record into (`in`) or out of (`out`) a stage."""
+def record_event(
+    direction: str, stage: str, topic: str, event_type: str | None, count: int = 1
+) -> None:
+    """Count `count` records into (`in`) or out of (`out`) a stage."""
     counter = EVENTS_IN if direction == "in" else EVENTS_OUT
-    counter.labels(stage, topic, event_type or "unknown").inc()
+    counter.labels(stage, topic, event_type or "unknown").inc(count)
 
 
 def record_dead_letter(stage: str, reason: str) -> None:

@@ -22,6 +22,7 @@ from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
 from qmsflow.toggles import ToggleReader
 from qmsflow.topics import load_catalog
+from streams.changelogs import declare_changelogs
 from streams.correlate import register_correlate_agent
 from streams.golden_records import register_golden_record_agent
 from streams.ingest import register_ingest_agent
@@ -50,6 +51,11 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,  # for Faust's own changelog topics; ours exist already
         processing_guarantee="at_least_once",
         producer_acks=-1,  # acks=all: an acknowledged output survives a broker failover
+        # Agents send a batch's outputs at once (streams.processing): 5 ms of linger and 512 KiB
+        # record batches (aiokafka's default is 16 KiB, about eight canonical events) turn them
+        # into a few large produce requests instead of one small request per partition batch.
+        producer_linger=0.005,
+        producer_max_batch_size=512 * 1024,
         consumer_auto_offset_reset="earliest",
         web_host="127.0.0.1",
         web_port=settings.web_port or 6066,  # Faust validates the port even when disabled
@@ -106,6 +112,7 @@ def run_worker(
     """Run the worker in this process until it is stopped (SIGTERM/SIGINT)."""
     telemetry.start_telemetry(settings, "qmsflow-worker", metrics_port=settings.metrics_port)
     app = create_app(settings)
+    declare_changelogs(app, settings)  # before the consumer's first metadata snapshot
     # Faust's command line reads sys.argv; this process is the worker, so it is ours to set.
     web = ["--without-web"] if settings.web_port == 0 else ["--web-port", str(settings.web_port)]
     sys.argv = ["qmsflow-worker", "worker", "--loglevel", loglevel, *web, *(extra or [])]

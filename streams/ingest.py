@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -12,6 +15,7 @@ from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.dedup import RetentionQueue, SeenEvent
+from qmsflow.quality.event import QualityEvent
 from qmsflow.quality.ingest import (
     CANONICAL_SUBJECT,
     DEAD_LETTER_SUBJECT,
@@ -20,14 +24,13 @@ from qmsflow.quality.ingest import (
     IngestStage,
     RawMessage,
 )
+from qmsflow.scaling import home_partition
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
-from streams.processing import consume
+from streams.processing import BatchOutbox, consume_batches, handling
 
 log = logging.getLogger(__name__)
 
-#: content-type header of every record qmsflow publishes (Confluent-framed Avro)
-CONTENT_TYPE = b"application/vnd.confluent.avro"
 #: incoming headers carried onto outputs, so a trace and a correlation id cross the pipeline
 PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate", "correlation_id", "source_system"})
 
@@ -41,14 +44,16 @@ def register_ingest_agent(
 ) -> None:
     """Declare the ingest agent, its dedup table and its output topics on the app.
 
-    The per-record protocol (at-least-once in, effectively-once out):
-      1. decode + normalise; a failure is published to the DLQ and awaited, then acknowledged;
-      2. look the event_id up in the dedup table; a duplicate is counted and acknowledged;
-      3. publish the canonical event and await the broker's acknowledgement;
-      4. only then record the event_id in the table (its changelog write is the commit point
-         of dedup: a crash before it replays the record and step 3 republishes the same
-         event, which the sink's primary key absorbs);
-      5. Faust commits the input offset after flushing the producer.
+    The protocol, per batch of records (at-least-once in, effectively-once out; batching in
+    streams.processing):
+      1. decode + normalise each record in order; a failure becomes a dead letter;
+      2. look the event_id up among the ids accepted earlier in the batch, then in the dedup
+         table; a duplicate is counted and dropped;
+      3. send the batch's canonical events and dead letters, then await every acknowledgement;
+      4. only then record the event_ids in the table (its changelog write is the commit point
+         of dedup: a crash before it replays the batch and step 3 republishes the same
+         events, which the sink's primary key absorbs);
+      5. the records are acked; Faust commits their offsets after flushing the producer.
     Memory of an event_id ends `dedup_retention` after its event time (see RetentionQueue).
     """
     ingest_topics = [settings.topic(t.name) for t in catalog.by_role("ingest")]
@@ -64,6 +69,10 @@ def register_ingest_agent(
         settings.topic("quality.events.v1"), key_serializer="raw", value_serializer="raw"
     )
     dlq = app.topic(settings.topic("quality.dlq.v1"), key_serializer="raw", value_serializer="raw")
+    # a record written under an older partition count (stale producer metadata after a scale)
+    # is forwarded to its key's home partition, where its dedup marks are (qmsflow.scaling)
+    partitions = catalog["quality.events.v1"].partitions
+    rehome = {t: app.topic(t, key_serializer="raw", value_serializer="raw") for t in ingest_topics}
     retention_ms = int(settings.dedup_retention.total_seconds() * 1000)
     seen_table = app.Table(
         "dedup-seen",
@@ -88,54 +97,86 @@ def register_ingest_agent(
             retention.append(queue)
         return retention[0]
 
-    async def handle(record: Any) -> None:
-        message = _raw_message(record)
-        # The span continues the producer's traceparent, or starts the event's trace.
-        with telemetry.stage_span("ingest", message.headers) as span:
-            await handle_traced(message, span)
+    async def handle_batch(events: Sequence[Any]) -> None:
+        # ids accepted earlier in this batch: the table learns them only after delivery
+        accepted: dict[str, SeenEvent] = {}
+        out = BatchOutbox(codec, stage="ingest", topic_prefix=settings.topic_prefix)
+        emitted: list[tuple[Any, QualityEvent, SeenEvent]] = []
+        counted: Counter[tuple[str, str | None]] = Counter()
+        dead: list[str] = []
+        for event in events:
+            handling(event)
+            message = _raw_message(event.message)
+            home = home_partition(message.key, message.partition, partitions)
+            if home is not None and message.value is not None:
+                kept = [(k, v) for k, v in message.headers if v and k != "content-type"]
+                out.add_encoded(rehome[message.topic], message.key, message.value, kept)
+                continue
+            # The span continues the producer's traceparent, or starts the event's trace.
+            with telemetry.stage_span("ingest", message.headers) as span:
+                judged = judge(message, span, accepted, counted)
+                if isinstance(judged, DeadLettered):
+                    dead.append(judged.letter["reason_code"])
+                    _add_dead_letter(out, dlq, judged.letter, message)
+                elif judged is not None:
+                    outcome, seen, value = judged
+                    out.event_type = outcome["event_type"]
+                    out.add_encoded(
+                        canonical,
+                        outcome["product_line"].encode("utf-8"),
+                        value,
+                        _output_headers(message, span),
+                    )
+                    accepted[outcome["event_id"]] = seen
+                    emitted.append((event, outcome, seen))
+        await out.deliver()
+        for (logical_topic, event_type), n in counted.items():
+            telemetry.record_event("in", "ingest", logical_topic, event_type, n)
+        for reason in dead:
+            telemetry.record_dead_letter("ingest", reason)
+        queue = expiry_queue()
+        now = datetime.now(UTC)
+        for event, outcome, seen in emitted:
+            handling(event)
+            telemetry.record_end_to_end("quality.events.v1", outcome["recorded_at"], now)
+            seen_table[outcome["event_id"]] = list(seen)
+            queue.remember(outcome["event_id"], seen)
+            for expired in queue.advance(seen.partition, seen.recorded_at_us):
+                seen_table.pop(expired, None)
 
-    async def handle_traced(message: RawMessage, span: Any) -> None:
+    def judge(
+        message: RawMessage,
+        span: Any,
+        accepted: dict[str, SeenEvent],
+        counted: Counter[tuple[str, str | None]],
+    ) -> tuple[QualityEvent, SeenEvent, bytes] | DeadLettered | None:
+        """The canonical event to emit (encoded), a dead letter, or None for a duplicate."""
         logical_topic = message.topic.removeprefix(settings.topic_prefix)
         outcome = stage.decode(message)
         if isinstance(outcome, DeadLettered):
-            telemetry.record_event("in", "ingest", logical_topic, None)
-            await _publish_dead_letter(dlq, codec, outcome.letter, message)
-            return
+            counted[(logical_topic, None)] += 1
+            return outcome
         telemetry.annotate(span, outcome)
-        telemetry.record_event("in", "ingest", logical_topic, outcome["event_type"])
-        stored = seen_table.get(outcome["event_id"])
-        judged = stage.judge(outcome, message, None if stored is None else SeenEvent(*stored))
-        if isinstance(judged, Duplicate):
-            return
-        if isinstance(judged, DeadLettered):
-            await _publish_dead_letter(dlq, codec, judged.letter, message)
-            return
+        counted[(logical_topic, outcome["event_type"])] += 1
+        stored = accepted.get(outcome["event_id"])
+        if stored is None:
+            remembered = seen_table.get(outcome["event_id"])
+            stored = None if remembered is None else SeenEvent(*remembered)
+        judged = stage.judge(outcome, message, stored)
+        if isinstance(judged, Duplicate | DeadLettered):
+            return None if isinstance(judged, Duplicate) else judged
         # After judging: the dedup fingerprint covers content, not which delivery traced it.
         outcome["trace_id"] = telemetry.trace_id_hex(span)
         try:
             encoded = codec.encode(CANONICAL_SUBJECT, dict(outcome))
         except ContractError as error:  # our canonical contract and model disagree: a bug
             log.exception("canonical encode failed at %s", message.coordinates)
-            rejected = stage.reject(message, error, stage="ingest")
-            await _publish_dead_letter(dlq, codec, rejected.letter, message)
-            return
-        delivered = await canonical.send(
-            key=outcome["product_line"].encode("utf-8"),
-            value=encoded,
-            headers=_output_headers(message, span),
-        )
-        await delivered
-        telemetry.record_event("out", "ingest", "quality.events.v1", outcome["event_type"])
-        telemetry.record_end_to_end("quality.events.v1", outcome["recorded_at"])
-        seen_table[outcome["event_id"]] = list(judged.seen)
-        queue = expiry_queue()
-        queue.remember(outcome["event_id"], judged.seen)
-        for expired in queue.advance(message.partition, judged.seen.recorded_at_us):
-            seen_table.pop(expired, None)
+            return stage.reject(message, error, stage="ingest")
+        return outcome, judged.seen, encoded
 
     @app.agent(source, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
-        await consume(app, stream, handle)
+        await consume_batches(app, stream, handle_batch, max_records=settings.stream_batch_max)
 
 
 def _raw_message(msg: Any) -> RawMessage:
@@ -157,21 +198,16 @@ def _output_headers(message: RawMessage, span: Any) -> list[tuple[str, bytes]]:
     parent = telemetry.TraceParent.of(span)
     if parent is not None:
         headers.append((telemetry.TRACEPARENT, parent.header().encode("ascii")))
-    headers.append(("content-type", CONTENT_TYPE))
-    return headers
+    return headers  # the outbox adds the content type
 
 
-async def _publish_dead_letter(
-    dlq: faust.TopicT, codec: AvroCodec, letter: Any, message: RawMessage
-) -> None:
+def _add_dead_letter(out: BatchOutbox, dlq: faust.TopicT, letter: Any, message: RawMessage) -> None:
     log.warning("dead letter %s: %s", letter["reason_code"], letter["reason"])
-    telemetry.record_dead_letter("ingest", letter["reason_code"])
-    delivered = await dlq.send(
-        key=message.key,
-        value=codec.encode(DEAD_LETTER_SUBJECT, dict(letter)),
-        headers=[
-            ("content-type", CONTENT_TYPE),
-            ("qmsflow.reason", letter["reason_code"].encode()),
-        ],
+    out.event_type = None
+    out.add(
+        dlq,
+        DEAD_LETTER_SUBJECT,
+        message.key,
+        dict(letter),
+        [("qmsflow.reason", letter["reason_code"].encode())],
     )
-    await delivered

@@ -6,19 +6,24 @@ by root cause, needs a new topic hop (`quality.correlation.v1`). The agent also 
 `quality.ticks.v1`: time-driven work (releasing parked events whose master data arrived, expiring
 them, escalating overdue records) runs when a partition's tick is processed.
 
-Per record, the order is always (see streams/outbox.py): compute outputs, deliver them and wait
-for the acknowledgements, then write the tables. Outputs carry deterministic ids, so a crash
-between delivery and table write only republishes records that consumers already absorb.
+Per batch of records (streams/processing.py), the order is always: compute every record's
+outputs in order (later records read the staged writes of earlier ones), deliver them all and
+wait for the acknowledgements, then write the tables, then ack the records. Outputs carry
+deterministic ids, so a crash between delivery and table write only republishes records that
+consumers already absorb.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from faust.streams import current_event
 
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
@@ -60,7 +65,7 @@ from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.master_data import MasterDataFeed
 from streams.outbox import Outbox
-from streams.processing import consume
+from streams.processing import BatchOutbox, consume_batches, handling
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +80,20 @@ SLA_BREACH_SUBJECT = "ops.sla-breaches.v1-value"
 #: delays an escalation until the next event arrives
 _WATERMARK_PERSIST_STEP = timedelta(minutes=1)
 
+#: metrics to record once a batch's outputs are acknowledged, in input order
+AfterDelivery = list[Callable[[], None]]
+
 
 class StagedWrites:
-    """Table writes of one input, held back until its outputs are acknowledged.
+    """Table writes of a batch of inputs, held back until their outputs are acknowledged.
 
-    Reads go through it, so the second of two events handled for one input (a tick releasing
-    several parked events about the same lot) sees the first one's effect.
+    Reads go through it, so a later event of the batch (or the second of two events released by
+    one tick) sees the earlier one's effect. Each write remembers the input it was staged for:
+    Faust writes a key to the changelog partition of the current input.
     """
 
     def __init__(self) -> None:
-        self._writes: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+        self._writes: dict[tuple[int, str], tuple[Any, str, Any, Any]] = {}
 
     def get(self, table: Any, key: str) -> Any:
         """The value as it will be once applied: staged if staged, else the table's."""
@@ -92,12 +101,14 @@ class StagedWrites:
         return table.get(key) if staged is None else staged[2]
 
     def put(self, table: Any, key: str, value: Any) -> None:
-        """Stage a write; None deletes the key."""
-        self._writes[(id(table), key)] = (table, key, value)
+        """Stage a write for the current input; None deletes the key."""
+        self._writes[(id(table), key)] = (table, key, value, current_event())
 
     def apply(self) -> None:
         """Write everything staged to the tables (after delivery)."""
-        for table, key, value in self._writes.values():
+        for table, key, value, event in self._writes.values():
+            if event is not None:
+                handling(event)
             if value is None:
                 table.pop(key, None)
             else:
@@ -257,16 +268,21 @@ def register_quality_agent(
             outbox.add_encoded(correlation_out, root_cause, value, headers)
         return verdicts
 
-    async def on_event(message: Any) -> None:
+    def on_event(message: Any, outbox: Outbox, writes: StagedWrites, after: AfterDelivery) -> None:
         incoming = header_pairs(message.headers)
         with telemetry.stage_span("quality", incoming) as span:
-            await on_traced_event(message, span, incoming)
+            on_traced_event(message, span, incoming, outbox, writes, after)
 
-    async def on_traced_event(
-        message: Any, span: Any, incoming: list[tuple[str, bytes | None]]
+    def on_traced_event(
+        message: Any,
+        span: Any,
+        incoming: list[tuple[str, bytes | None]],
+        outbox: Outbox,
+        writes: StagedWrites,
+        after: AfterDelivery,
     ) -> None:
         partition = message.partition
-        outbox = Outbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
+        outbox.event_type = None
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
         except ContractError as error:
@@ -274,8 +290,7 @@ def register_quality_agent(
                 error, "quality", Coordinates(message.topic, partition, message.offset), message
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
-            await outbox.deliver()
-            telemetry.record_dead_letter("quality", letter["reason_code"])
+            after.append(_dead_letter_counter("quality", letter["reason_code"]))
             return
         telemetry.annotate(span, event)
         telemetry.record_event("in", "quality", "quality.events.v1", event["event_type"])
@@ -290,10 +305,8 @@ def register_quality_agent(
                 error, "integrity", Coordinates(message.topic, partition, message.offset), message
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
-            await outbox.deliver()
-            telemetry.record_dead_letter("integrity", letter["reason_code"])
+            after.append(_dead_letter_counter("integrity", letter["reason_code"]))
             return
-        writes = StagedWrites()
         verdicts: list[SlaVerdict] = []
         if missing:
             if event["event_id"] in mem.parking:
@@ -311,9 +324,7 @@ def register_quality_agent(
         else:
             verdicts = evaluate(event, message.value, partition, outbox, writes, headers)
         persist_watermark(partition, mem, writes)
-        await outbox.deliver()
-        writes.apply()
-        _record_delivered(event, verdicts)
+        after.append(_delivery_recorder(event, verdicts))
 
     def persist_watermark(partition: int, mem: PartitionMemory, writes: StagedWrites) -> None:
         if mem.watermark is None or (
@@ -324,22 +335,31 @@ def register_quality_agent(
         mem.persisted_watermark = mem.watermark
         writes.put(watermark_table, str(partition), mem.watermark.isoformat())
 
-    async def on_tick(message: Any) -> None:
+    def on_tick(message: Any, outbox: Outbox, writes: StagedWrites, after: AfterDelivery) -> None:
         partition = message.partition
         now = codec.decode(message.value, TICK_SUBJECT).record["emitted_at"]
         mem = partition_memory(partition)
-        outbox = Outbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
-        writes = StagedWrites()
+        outbox.event_type = None
+        # what a tick produces carries a traceparent: a released event's own trace, else the tick's
+        with telemetry.stage_span("quality.tick") as tick_span:
+            tick_headers = telemetry.output_headers(tick_span)
         released: list[tuple[QualityEvent, list[SlaVerdict]]] = []
         for record in mem.parking.release_known(feed.index):
-            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            with telemetry.stage_span("quality", resumed_trace(record.event)) as span:
+                telemetry.annotate(span, record.event)
+                headers = telemetry.output_headers(
+                    span, correlation_id=record.event["correlation_id"]
+                )
+            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline), headers)
             writes.put(parked_table, record.event_id, None)
             mem.parked_offsets.pop(record.event_id, None)
             value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
-            verdicts = evaluate(record.event, value, partition, outbox, writes)
+            verdicts = evaluate(record.event, value, partition, outbox, writes, headers)
             released.append((record.event, verdicts))
         for record in mem.parking.expire(now, deadline):
-            outbox.add(parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline))
+            outbox.add(
+                parked_out, PARKED_SUBJECT, record.key, record.to_avro(deadline), tick_headers
+            )
             offset = mem.parked_offsets.pop(record.event_id, -1)
             value = codec.encode(CANONICAL_SUBJECT, dict(record.event))
             letter = dead_letter(
@@ -352,7 +372,7 @@ def register_quality_agent(
                 timestamp_ms=None,
                 failed_at=now,
             )
-            outbox.add(dlq, DEAD_LETTER_SUBJECT, record.key, dict(letter))
+            outbox.add(dlq, DEAD_LETTER_SUBJECT, record.key, dict(letter), tick_headers)
             writes.put(parked_table, record.event_id, None)
         if mem.watermark is not None:
             for key in sorted(mem.tracked_keys):
@@ -362,7 +382,9 @@ def register_quality_agent(
                 state = TrackedRecord.from_dict(stored["state"])
                 escalated, escalations = escalate(state, mem.watermark, escalation_rules)
                 for escalation in escalations:
-                    outbox.add(escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro())
+                    outbox.add(
+                        escalations_out, ESCALATION_SUBJECT, key, escalation.to_avro(), tick_headers
+                    )
                 if escalated != state:
                     writes.put(
                         tracked_table,
@@ -371,30 +393,65 @@ def register_quality_agent(
                         if escalated is None
                         else {"partition": partition, "state": escalated.to_dict()},
                     )
+        for event, verdicts in released:
+            after.append(_delivery_recorder(event, verdicts))
+
+    async def handle_batch(events: Sequence[Any]) -> None:
+        outbox = BatchOutbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
+        writes = StagedWrites()
+        after: AfterDelivery = []
+        for event in events:
+            handling(event)
+            message = event.message
+            if message.topic == ticks_topic:
+                on_tick(message, outbox, writes, after)
+            else:
+                on_event(message, outbox, writes, after)
         await outbox.deliver()
         writes.apply()
-        for event, verdicts in released:
-            _record_delivered(event, verdicts)
-
-    async def handle(message: Any) -> None:
-        if message.topic == ticks_topic:
-            await on_tick(message)
-        else:
-            await on_event(message)
+        for record_metrics in after:
+            record_metrics()
 
     @app.agent(source, name="quality", concurrency=1)
     async def quality(stream: faust.StreamT[Any]) -> None:
         await feed.ready.wait()
         # on failure the in-memory indexes may be ahead of the tables: rebuild them
-        await consume(app, stream, handle, on_failure=memory.clear)
+        await consume_batches(
+            app,
+            stream,
+            handle_batch,
+            on_failure=memory.clear,
+            max_records=settings.stream_batch_max,
+        )
 
 
-def _record_delivered(event: QualityEvent, verdicts: list[SlaVerdict]) -> None:
+def resumed_trace(event: QualityEvent) -> list[tuple[str, bytes | None]]:
+    """A released parked event's own trace as incoming headers, so its outputs stay in it.
+
+    The span that parked it is not kept, so the parent span id is a stand-in derived from the
+    event id: the trace id is what links the release to the event's earlier stages.
+    """
+    trace_id = event.get("trace_id")
+    if not trace_id:
+        return []
+    parent = uuid.UUID(str(event["event_id"])).hex[:16]
+    return [(telemetry.TRACEPARENT, f"00-{trace_id}-{parent}-01".encode("ascii"))]
+
+
+def _delivery_recorder(event: QualityEvent, verdicts: list[SlaVerdict]) -> Callable[[], None]:
+    return lambda: _record_delivered(event, verdicts, datetime.now(UTC))
+
+
+def _dead_letter_counter(stage: str, reason: str) -> Callable[[], None]:
+    return lambda: telemetry.record_dead_letter(stage, reason)
+
+
+def _record_delivered(event: QualityEvent, verdicts: list[SlaVerdict], now: datetime) -> None:
     """Metrics of outputs the broker has acknowledged: SLA outcomes, end-to-end latency."""
     for verdict in verdicts:
         telemetry.record_sla(verdict)
     if verdicts:
-        telemetry.record_end_to_end("inventory.quarantine-commands.v1", event["recorded_at"])
+        telemetry.record_end_to_end("inventory.quarantine-commands.v1", event["recorded_at"], now)
 
 
 def _parked_args(record: ParkedRecord) -> tuple[QualityEvent, Any, datetime]:

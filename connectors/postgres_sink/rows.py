@@ -903,11 +903,7 @@ BINDINGS: tuple[TableBinding, ...] = (
     TableBinding(
         "ops.sla-breaches.v1",
         "ops.sla-breaches.v1-value",
-        (
-            _insert_only(
-                "qms.sla_breach", SLA_BREACH_COLUMNS, "breach_id", _single(sla_breach_row)
-            ),
-        ),
+        (_insert_only("qms.sla_breach", SLA_BREACH_COLUMNS, "breach_id", _single(sla_breach_row)),),
     ),
     *(_golden_binding(kind) for kind in GOLDEN_RECORD_IDS),
 )

@@ -100,9 +100,7 @@ def parse_dictionary(document: Mapping[str, Any]) -> DataDictionary:
                 term_key(k): v for k, v in document.get("defect_category", {}).items()
             },
             result={term_key(k): v for k, v in document.get("result", {}).items()},
-            characteristic={
-                term_key(k): v for k, v in document.get("characteristic", {}).items()
-            },
+            characteristic={term_key(k): v for k, v in document.get("characteristic", {}).items()},
         )
     except (KeyError, ValidationError) as exc:
         raise ConfigurationError(f"config/data_dictionary.toml is invalid: {exc}") from exc

@@ -251,6 +251,29 @@ class TestProduction:
         (adapter,) = adapters(production_manifests)
         assert adapter["spec"]["template"]["spec"]["containers"][0]["args"] == ["erp-adapter"]
 
+    def test_status_page_is_served(self, production_manifests: list[Manifest]) -> None:
+        """`qmsflow status-page` runs on all interfaces behind a Service on its port."""
+        (page,) = [
+            d
+            for d in by_kind(production_manifests, "Deployment")
+            if d["metadata"]["name"].endswith("-status-page")
+        ]
+        (container,) = page["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["status-page", "--host", "0.0.0.0"]
+        port = {e["name"]: e.get("value") for e in container["env"]}["QMSFLOW_STATUS_PAGE_PORT"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/api/status"
+        (service,) = [
+            s
+            for s in by_kind(production_manifests, "Service")
+            if s["metadata"]["name"] == page["metadata"]["name"]
+        ]
+        assert service["spec"]["selector"].items() <= (
+            page["spec"]["template"]["metadata"]["labels"].items()
+        )
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            (int(port), "http")
+        ]
+
     def test_scaling_watches_the_services_own_groups(
         self, production_manifests: list[Manifest]
     ) -> None:
@@ -282,7 +305,7 @@ class TestProduction:
                     if env["name"] == "QMSFLOW_KAFKA_SASL_PASSWORD":
                         ref = env["valueFrom"]["secretKeyRef"]["name"]
                         secrets.setdefault(ref, set()).add(name.split("/")[1])
-        assert len(secrets) == 4, secrets  # worker, sink, erp-adapter, migrate
+        assert len(secrets) == 5, secrets  # worker, sink, erp-adapter, migrate, status page
 
     def test_service_monitor_selects_metrics_services(
         self, production_manifests: list[Manifest]
@@ -290,7 +313,11 @@ class TestProduction:
         """The ServiceMonitor's port is one every worker and sink Service exposes."""
         (monitor,) = by_kind(production_manifests, "ServiceMonitor")
         port = monitor["spec"]["endpoints"][0]["port"]
-        services = by_kind(production_manifests, "Service")
+        services = [
+            s
+            for s in by_kind(production_manifests, "Service")
+            if any(p["name"] == "metrics" for p in s["spec"]["ports"])
+        ]
         assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {
             "worker",
             "sink",

@@ -1,9 +1,11 @@
-"""Scaling the co-partitioned topics 4 → 8 between two bursts of traffic, real processes."""
+"""Scaling the co-partitioned topics 4 → 8 while traffic flows, with the real processes."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import zlib
@@ -15,13 +17,14 @@ import psycopg
 import pytest
 
 from connectors.postgres_sink.migrations import migrate
-from qmsflow.demo.produce import produce_demo
+from qmsflow.demo.master_data import demo_master_data
+from qmsflow.demo.produce import DemoPublisher
+from qmsflow.demo.traffic import DemoRecord, DemoTraffic, with_duplicates
 from qmsflow.kafka.admin import create_topics, end_offsets
+from qmsflow.partitioner import partition_for
 from qmsflow.scaling import (
-    DRAIN_EXEMPT,
     ScaleRefusedError,
     copartitioned_group,
-    group_lag,
     rewrite_catalog,
     scale,
 )
@@ -59,6 +62,79 @@ class ScaledPipeline(PipelineProcesses):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def stop_worker(self) -> None:
+        """SIGTERM the worker only; the sink keeps loading."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(10)
+
+    def restart_sink(self) -> None:
+        """SIGTERM the sink (it flushes) and start it again, so it subscribes to the new count."""
+        if self.sink is not None and self.sink.poll() is None:
+            self.sink.terminate()
+            self.sink.wait(30)
+        self.start_sink()
+
+    def assert_alive(self) -> None:
+        """Also fail on a crashed Faust app: its process lingers without processing anything."""
+        super().assert_alive()
+        log = self.logs / "worker.log"
+        if log.exists() and "Crashed reason=" in log.read_text(errors="replace"):
+            raise AssertionError(f"the worker crashed\n{self.log_tail()}")
+
+
+class Traffic(threading.Thread):
+    """Demo records (10% resends) at a steady pace until stopped, from two producers in turn.
+
+    One producer lives for the whole test, so after the scale it still partitions by the old
+    count (librdkafka refreshes topic metadata every 5 minutes); a fresh one per round uses the
+    new count. Both kinds of record must arrive exactly once.
+    """
+
+    def __init__(self, settings: Settings, seed: int, start: datetime) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.stale = DemoPublisher(settings)
+        self.stale.master(demo_master_data(seed, start, 20_000))
+        traffic = DemoTraffic(seed, start)
+        self._records = with_duplicates(iter(traffic.next_record, None), 0.1, random.Random(seed))
+        self.sent: list[tuple[float, DemoRecord]] = []
+        self.from_stale: set[str] = set()  # event ids the long-lived producer sent
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        """Produce a round of 10 every quarter second, alternating the producers."""
+        rounds = 0
+        try:
+            while not self._halt.is_set():
+                batch = [next(self._records) for _ in range(10)]
+                publisher = self.stale if rounds % 2 else DemoPublisher(self.settings)
+                publisher.events(batch)
+                if publisher is self.stale:
+                    self.from_stale.update(str(r.record["event_id"]) for r in batch)
+                now = time.monotonic()
+                self.sent.extend((now, record) for record in batch)
+                rounds += 1
+                self._halt.wait(0.25)
+        except BaseException as error:  # reported by the test, not lost in the thread
+            self.error = error
+
+    def finish(self) -> set[str]:
+        """Stop producing; the unique event ids sent."""
+        self._halt.set()
+        self.join(60)
+        assert self.error is None, f"traffic producer failed: {self.error!r}"
+        return {str(record.record["event_id"]) for _, record in self.sent}
+
+    def sent_between(self, since: float, until: float) -> int:
+        """Records acknowledged in a window of time.monotonic()."""
+        return sum(1 for at, _ in self.sent if since <= at <= until)
 
 
 @pytest.fixture
@@ -108,45 +184,27 @@ def _stored(dsn: str, topic: str) -> set[str]:
 
 
 class TestScaleFourToEight:
-    # Known bug, found by the clean-clone CI run on 2026-11-27 (twice, 2565 of 2698 unique
-    # events in Postgres after 150 s; it passed on the long-lived development stack): after the
-    # scale, part of the new traffic does not reach Postgres. Kept running, not hidden; see the
-    # README's limits and issue 6. Not strict: it passed on one stack, so it is timing-related.
-    @pytest.mark.xfail(reason="post-scale events missing on a fresh stack (issue 6)", strict=False)
-    def test_no_event_lost_or_doubled_and_dedup_holds(
+    def test_no_event_lost_or_doubled_and_dedup_holds_while_producing(
         self, pipeline: ScaledPipeline, postgres_dsn: str, catalog_file: Path
     ) -> None:
-        """After 4 → 8, resends of pre-scale events are still dropped; Postgres has each once."""
+        """4 → 8 with producers running: each event once in Kafka and Postgres, resends dropped."""
         settings = pipeline.settings
         events = settings.topic("quality.events.v1")
         seed = zlib.crc32(settings.topic_prefix.encode())
         start = datetime.now(UTC) - timedelta(hours=1)
-        quiet = {"echo": lambda _line: None}
         pipeline.start_worker()
         pipeline.start_sink()
-
-        before = produce_demo(
-            settings, count=1500, duplicate_rate=0.1, seed=seed, start=start, **quiet
-        )
+        traffic = Traffic(settings, seed, start)
+        traffic.start()
         wait_for(
-            lambda: end_offsets(settings, [events]).get(events, 0) >= len(before.unique_event_ids),
+            lambda: end_offsets(settings, [events]).get(events, 0) >= 300,
             timeout=120,
-            what="the pre-scale events on the canonical topic",
+            what="300 pre-scale events on the canonical topic",
             alive=pipeline.assert_alive,
         )
-        group = f"{settings.topic_prefix}{settings.app_id}"
-        stateful = [settings.topic(t) for t in copartitioned_group(scaled_from(catalog_file))]
-
-        def drained() -> bool:
-            lag = group_lag(settings, group, stateful)
-            return not any(
-                n
-                for (t, _), n in lag.items()
-                if t.removeprefix(settings.topic_prefix) not in DRAIN_EXEMPT
-            )
-
-        wait_for(drained, timeout=90, what="the worker group to drain", alive=pipeline.assert_alive)
-        pipeline.stop()  # step 2: producers paused (nothing is sent now), workers stopped
+        stopped = time.monotonic()
+        pipeline.stop_worker()  # the producers and the sink keep running
+        before = {str(r.record["event_id"]) for at, r in traffic.sent if at <= stopped}
 
         lines: list[str] = []
         deadline = time.monotonic() + 60
@@ -159,6 +217,7 @@ class TestScaleFourToEight:
                     8,
                     with_group=True,
                     keep_unmigrated=True,
+                    while_producing=True,
                     echo=lines.append,
                 )
                 break
@@ -166,31 +225,57 @@ class TestScaleFourToEight:
                 if "live members" not in str(refusal) or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
+        scaled_at = time.monotonic()
         moves = next(line for line in lines if line.strip().endswith("candidate partition"))
         assert int(moves.split()[0]) > 0, (
             f"no mark changed partition, the test proves nothing: {lines}"
         )
-        scaled = parse_catalog(tomllib.loads(catalog_file.read_text("utf-8")))
-        assert scaled["quality.events.v1"].partitions == 8
+        assert scaled_from(catalog_file)["quality.events.v1"].partitions == 8
 
         pipeline.start_worker()
-        pipeline.start_sink()
-        resent = produce_demo(
-            settings, count=1500, duplicate_rate=0.1, seed=seed, start=start, **quiet
-        )
-        assert resent.unique_event_ids == before.unique_event_ids  # every one a resend
-        after = produce_demo(
-            settings, count=1500, duplicate_rate=0.1, seed=seed + 1, start=start, **quiet
-        )
-        unique = before.unique_event_ids | after.unique_event_ids
-        wait_for(
+        # librdkafka consumers see added partitions at their next metadata refresh (5 min by
+        # default); the procedure restarts the sink, as the workers, to read them now
+        pipeline.restart_sink()
+        time.sleep(10)  # traffic keeps flowing into the restarted worker
+        unique = traffic.finish()
+        assert traffic.sent_between(stopped, scaled_at) > 0, "no record was sent during the scale"
+        stale = _stale_writes(settings, traffic, scaled_at)
+        assert stale > 0, "no record arrived on its old partition: forwarding was not exercised"
+
+        resend = [record for at, record in traffic.sent if at <= stopped][:150]
+        DemoPublisher(settings).events(resend)  # every one a pre-scale event: all must be dropped
+        assert {str(r.record["event_id"]) for r in resend} <= before
+
+        wait_for(  # generous: the 2 shared cores also run the broker, Postgres and the producer
             lambda: count_rows(postgres_dsn, "qms.quality_event", events) >= len(unique),
-            timeout=150,
+            timeout=300,
             what=f"{len(unique)} events in Postgres",
             alive=pipeline.assert_alive,
         )
         time.sleep(5)  # let a wrongly admitted resend arrive, if dedup failed
         assert _stored(postgres_dsn, events) == unique
         assert end_offsets(settings, [events])[events] == len(unique), (
-            "a pre-scale event was published twice: dedup did not hold across the scale"
+            "an event was published twice: dedup did not hold across the scale"
         )
+
+
+def _stale_writes(settings: Settings, traffic: Traffic, since: float) -> int:
+    """Ingest records the long-lived producer sent after the scale to their key's old partition."""
+    from qmsflow.contracts import AvroCodec, open_registry
+    from qmsflow.scaling import _read_all
+
+    codec = AvroCodec(open_registry(settings))
+    late = {str(r.record["event_id"]) for at, r in traffic.sent if at > since} & traffic.from_stale
+    stale = 0
+    for spec in scaled_from_packaged().by_role("ingest"):
+        for message in _read_all(settings, settings.topic(spec.name)):
+            record = codec.decode(message.value(), f"{spec.name}-value").record
+            key = message.key()
+            if str(record["event_id"]) in late and key is not None:
+                stale += partition_for(key, 8) != message.partition()
+    return stale
+
+
+def scaled_from_packaged() -> TopicCatalog:
+    """The packaged catalog (names and roles; counts are the test's own)."""
+    return parse_catalog(tomllib.loads(PACKAGED.read_text("utf-8")))

@@ -15,6 +15,7 @@ from qmsflow.scaling import (
     candidate_partitions,
     check_drained,
     copartitioned_group,
+    home_partition,
     plan_scale,
     relocate_dedup_marks,
     rewrite_catalog,
@@ -63,6 +64,27 @@ class TestDrained:
         with pytest.raises(ScaleRefusedError, match=r"p\.qms\.capa\.v1\[2\]=3"):
             check_drained({("p.qms.capa.v1", 2): 3}, [], prefix="p.")
         check_drained({("p.quality.ticks.v1", 0): 5, ("p.qms.capa.v1", 0): 0}, [], prefix="p.")
+
+    def test_while_producing_accepts_lag_and_reports_it(self) -> None:
+        """Producers running: unread records are returned, not refused; live members still are."""
+        lag = {("p.qms.capa.v1", 2): 3, ("p.qms.capa.v1", 1): 0}
+        assert check_drained(lag, [], prefix="p.", while_producing=True) == {
+            ("p.qms.capa.v1", 2): 3
+        }
+        with pytest.raises(ScaleRefusedError, match="live members"):
+            check_drained(lag, ["worker-1"], prefix="p.", while_producing=True)
+
+
+class TestHomePartition:
+    def test_a_record_on_its_keys_old_partition_is_sent_home(self) -> None:
+        """Written by a producer that still counts 4 partitions: its home under 8 is elsewhere."""
+        line = next(f"PL-{n}".encode() for n in range(100) if partition_for(f"PL-{n}", 8) >= 4)
+        assert home_partition(line, partition_for(line, 4), 8) == partition_for(line, 8)
+
+    def test_a_record_at_home_or_unkeyed_stays(self) -> None:
+        """The usual case costs one hash; a record without a key has no home to go to."""
+        assert home_partition(b"PL-1", partition_for(b"PL-1", 8), 8) is None
+        assert home_partition(None, 3, 8) is None
 
 
 class TestRelocation:
