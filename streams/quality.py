@@ -28,7 +28,7 @@ from faust.streams import current_event
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
-from qmsflow.kafka.headers import header_pairs
+from qmsflow.kafka.headers import SYNTHETIC_HEADER, header_pairs
 from qmsflow.quality.correlation import load_rules as load_correlation_rules
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.escalation import (
@@ -218,12 +218,14 @@ def register_quality_agent(
                 signature_check_record(event, verdict),
                 headers,
             )
+        # a canary's commands are marked, so the ERP adapter never applies them
+        command_headers = [*headers, (SYNTHETIC_HEADER, b"true")] if event["synthetic"] else headers
         for lot in lots_touched(event, quarantine_rules, feed.index):
             stored = writes.get(holds_table, lot)
             hold = None if stored is None else LotHoldState.from_dict(stored)
             new_hold, commands = decide(hold, lot, event, quarantine_rules)
             for command in commands:
-                outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro(), headers)
+                outbox.add(commands_out, COMMAND_SUBJECT, lot, command.to_avro(), command_headers)
                 measured = check_sla(
                     sla_rules,
                     event,

@@ -59,7 +59,7 @@ from connectors.erp_adapter.routing import (
 from connectors.erp_adapter.transport import ErpTransport, HttpTransport
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ConfigurationError, ContractError
-from qmsflow.kafka.headers import header_pairs
+from qmsflow.kafka.headers import header_pairs, is_synthetic
 from qmsflow.kafka.producer import producer_config
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.dead_letter import dead_letter
@@ -233,6 +233,10 @@ class ErpAdapter:
             if value is None:
                 raise ContractError("value: expected a quarantine command, got a tombstone")
             command = self._codec.decode(value, COMMANDS_SUBJECT).record
+            if is_synthetic(header_pairs(message.headers())):
+                self.metrics.synthetic += 1  # a canary's hold must not block real stock
+                self._commit(consumer, topic, partition, offset)
+                return
             owner = self._routes.route_for(str(command["site"]))
             if owner is None and self._routes.dead_letters_unrouted(self.route):
                 raise ErpUnroutedError(

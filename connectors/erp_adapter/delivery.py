@@ -51,6 +51,7 @@ class AdapterMetrics:
     retried: int = 0  # transient failures; each one means the request is sent again later
     dead_lettered: int = 0  # refused by the ERP or not mappable
     other_route: int = 0  # commands of sites another ERP route applies (skipped, committed)
+    synthetic: int = 0  # commands a canary caused (skipped, committed): never sent to an ERP
     breaker_state: BreakerState = "closed"
     breaker_opened: int = 0
     paused: bool = False  # the consumer's partitions are paused right now

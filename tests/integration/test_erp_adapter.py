@@ -23,6 +23,7 @@ from connectors.erp_adapter.adapter import (
 from connectors.erp_adapter.delivery import AdapterMetrics
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.kafka.admin import consumed_offsets, create_topics
+from qmsflow.kafka.headers import SYNTHETIC_HEADER
 from qmsflow.kafka.producer import create_producer
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.quality.quarantine import QuarantineCommand, command_id
@@ -364,3 +365,36 @@ class TestErpRefusal:
         assert "422" in letter["reason"] and "batch BAD-1 unknown" in letter["reason"]
         assert letter["key"] == b"BAD-1"
         assert erp.repeats == 0 and running.metrics.applied == 2
+
+
+class TestSyntheticCommands:
+    def test_canary_commands_never_reach_the_erp(self, settings: Settings, erp: ErpStandIn) -> None:
+        """A command marked synthetic (a canary's) is committed past; the real ones post."""
+        codec = AvroCodec(open_registry(settings))
+        producer = create_producer(settings)
+        commands = [hold(0), hold(1, lot="CANARY-1"), hold(2)]
+        for command in commands:
+            synthetic = command.lot_id.startswith("CANARY")
+            producer.produce(
+                settings.topic(COMMANDS_TOPIC),
+                key=command.lot_id.encode(),
+                value=codec.encode(COMMANDS_SUBJECT, command.to_avro()),
+                headers=[(SYNTHETIC_HEADER, b"true")] if synthetic else [],
+            )
+        assert producer.flush(30) == 0
+        running = AdapterThread(settings)
+        running.thread.start()
+        group, topic = running.adapter.group, settings.topic(COMMANDS_TOPIC)
+        try:
+            wait_for(
+                lambda: consumed_offsets(settings, group, [topic]).get(topic, 0) == 3,
+                timeout=30,
+                what="all three commands committed",
+                alive=running.assert_alive,
+                interval=0.1,
+            )
+        finally:
+            running.adapter.stop.set()
+            running.thread.join(30)
+        assert sorted(erp.applied) == sorted(c.command_id for c in (commands[0], commands[2]))
+        assert running.metrics.synthetic == 1 and running.metrics.applied == 2
