@@ -17,11 +17,14 @@ Commit protocol (implemented here and nowhere else):
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
 A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
-again; a crash after it finds the offsets stored, so they are not. Rows are never doubled: the
-conflict key (the record's own deterministic id) absorbs the redelivery of a record already
-written under another offset, e.g. a republished event after an agent restart. An upserted row
-changes only when a record newer by its table's rule arrives (`rows.Upsert`), so a redelivered
-or older view writes nothing either.
+again; a crash after it finds the offsets stored, so they are not. Losing Postgres (a restart,
+a failover, a network cut) is handled the same way without exiting: the buffer is dropped, the
+sink waits for the database with backoff, then seeks every assigned partition back to its
+stored offset, so a COMMIT whose answer was lost is neither redone nor missed. Rows are never
+doubled: the conflict key (the record's own deterministic id) absorbs the redelivery of a record
+already written under another offset, e.g. a republished event after an agent restart. An
+upserted row changes only when a record newer by its table's rule arrives (`rows.Upsert`), so
+a redelivered or older view writes nothing either.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ log = logging.getLogger(__name__)
 _MAX_BATCH_LINKS = 128
 #: seconds between consumer-lag samples: Prometheus scrapes every 15–30 s, so finer is wasted
 _LAG_INTERVAL = 10.0
+#: backoff while Postgres is unreachable: the first retry soon, then at most this often
+_RECONNECT_FIRST_SECONDS = 0.5
+_RECONNECT_MAX_SECONDS = 5.0
 
 
 @dataclass
@@ -206,6 +212,11 @@ class PostgresSink:
         self.discard()
         return committed
 
+    def reconnected(self, conn: psycopg.Connection[Any]) -> None:
+        """Continue on a new connection after the old one was lost; the buffer is dropped."""
+        self._conn = conn
+        self.discard()
+
     def discard(self) -> None:
         """Drop everything buffered (after a flush, or when partitions are taken away)."""
         self._rows.clear()
@@ -299,46 +310,49 @@ def run_sink(
         if producer.flush(30) > 0:
             raise RuntimeError("dead letters not acknowledged by the broker within 30 s")
 
-    with psycopg.connect(settings.dsn) as conn:
-        sink = PostgresSink(
-            conn,
-            codec,
-            consumer_group=group,
-            topic_prefix=settings.topic_prefix,
-            dead_letters=publish_dead_letters,
-        )
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-                # A crashed sink's partitions are reassigned only when its session expires;
-                # librdkafka's default 45 s would stall the load that long after every crash.
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 2_000,
-                **librdkafka_security(settings),
-            }
-        )
+    # named after the group, so a DBA (and a test) can find the sink's session in pg_stat_activity
+    application_name = f"qmsflow-sink {group}"[:63]
+    conn: psycopg.Connection[Any] = psycopg.connect(settings.dsn, application_name=application_name)
+    sink = PostgresSink(
+        conn,
+        codec,
+        consumer_group=group,
+        topic_prefix=settings.topic_prefix,
+        dead_letters=publish_dead_letters,
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            # A crashed sink's partitions are reassigned only when its session expires;
+            # librdkafka's default 45 s would stall the load that long after every crash.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
+            **librdkafka_security(settings),
+        }
+    )
 
-        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-            stored = sink.stored_offsets((p.topic, p.partition) for p in partitions)
-            for p in partitions:
-                p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
-            c.assign(partitions)
-            echo(f"sink assigned {len(partitions)} partitions, resuming from Postgres offsets")
+    def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = sink.stored_offsets((p.topic, p.partition) for p in partitions)
+        for p in partitions:
+            p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
+        c.assign(partitions)
+        echo(f"sink assigned {len(partitions)} partitions, resuming from Postgres offsets")
 
-        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
-            _commit(c, sink.flush())
+    def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+        _commit(c, sink.flush())
 
-        consumer.subscribe(sink.topics, on_assign=on_assign, on_revoke=on_revoke)
-        lag_sampled = time.monotonic()
-        # per-record spans only when they are exported: unexported, they cost 13% of the sink
-        exporting = telemetry.exporting()
-        try:
-            while not stop.is_set():
+    consumer.subscribe(sink.topics, on_assign=on_assign, on_revoke=on_revoke)
+    lag_sampled = time.monotonic()
+    # per-record spans only when they are exported: unexported, they cost 13% of the sink
+    exporting = telemetry.exporting()
+    try:
+        while not stop.is_set():
+            try:
                 messages = consumer.consume(settings.sink_batch_size, settings.sink_batch_timeout)
                 traced: list[tuple[str, Headers]] = []
                 for message in messages:
@@ -361,13 +375,63 @@ def run_sink(
                         traced.append((logical, headers))
                 if sink.pending:
                     _flush_traced(consumer, sink, traced)
-                if time.monotonic() - lag_sampled >= _LAG_INTERVAL:
-                    _report_lag(consumer, group)
-                    lag_sampled = time.monotonic()
-        finally:
+            except psycopg.OperationalError as error:
+                fresh = _reconnect(settings, conn, stop, error, application_name)
+                if fresh is None:
+                    break  # stopped while waiting for Postgres: the records are read again
+                conn = fresh
+                sink.reconnected(conn)
+                _rewind_to_stored(consumer, sink)
+                continue
+            if time.monotonic() - lag_sampled >= _LAG_INTERVAL:
+                _report_lag(consumer, group)
+                lag_sampled = time.monotonic()
+        if not conn.closed:
             _commit(consumer, sink.flush())
-            consumer.close()
+    finally:
+        consumer.close()
+        conn.close()
     return sink.stats
+
+
+def _reconnect(
+    settings: Settings,
+    lost: psycopg.Connection[Any],
+    stop: Event,
+    error: psycopg.OperationalError,
+    application_name: str,
+) -> psycopg.Connection[Any] | None:
+    """Wait for Postgres with capped backoff; the new connection, or None once stopped."""
+    log.warning("Postgres connection lost (%s); waiting for the database", error)
+    lost.close()
+    delay = _RECONNECT_FIRST_SECONDS
+    waited_from = time.monotonic()
+    while not stop.wait(delay):
+        try:
+            conn = psycopg.connect(
+                settings.dsn, connect_timeout=5, application_name=application_name
+            )
+        except psycopg.OperationalError as still:
+            log.warning(
+                "Postgres still unavailable after %.0f s (%s); retry in %.0f s",
+                time.monotonic() - waited_from,
+                still,
+                delay,
+            )
+            delay = min(delay * 2, _RECONNECT_MAX_SECONDS)
+            continue
+        log.warning("Postgres back after %.1f s; resuming", time.monotonic() - waited_from)
+        return conn
+    return None
+
+
+def _rewind_to_stored(consumer: Consumer, sink: PostgresSink) -> None:
+    """Seek each assigned partition to its offset in `qms.sink_offsets` (protocol step 1)."""
+    assigned = consumer.assignment()
+    stored = sink.stored_offsets((tp.topic, tp.partition) for tp in assigned)
+    for tp in assigned:
+        offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
 
 def _flush_traced(
