@@ -208,3 +208,129 @@ def _sink_ids(conn: psycopg.Connection[Any], write: TableWrite, check: Partition
     ).fetchall()
     conn.commit()
     return {r[0] for r in rows}
+
+
+@dataclass
+class Ledger:
+    """One run's account of every record produced, from Kafka offsets and Postgres rows.
+
+    The balance: `unique + poison = rows + dead_letters`, the rows' ids are exactly the unique
+    ids produced, the canonical and dead-letter topics hold exactly one record per row or dead
+    letter (no duplicate anywhere), and `reconcile` finds no drift. Parked events are rows too
+    (the canonical topic comes before the integrity stage), so `parked_open` is reported apart,
+    not added; a scenario that expects none checks it is 0.
+    """
+
+    scenario: str
+    produced: int  # records sent to the ingest topics, resends and poison included
+    unique: int  # distinct event ids among the well-formed records
+    poison: int  # records expected to be dead-lettered (each once)
+    rows: int = 0  # qms.quality_event rows of this environment
+    missing: int = 0  # unique ids produced but not in the rows
+    unexpected: int = 0  # rows whose id was never produced
+    dead_letters: int = 0  # qms.dead_letter rows from the ingest topics
+    canonical_records: int = 0  # records on quality.events.v1
+    dlq_records: int = 0  # records on quality.dlq.v1
+    parked_open: int = 0  # events parked whose release or expiry is not in qms.parked_event
+    drift: int = 0  # partitions `reconcile` reports drifting
+    reasons: dict[str, int] = field(default_factory=dict)  # dead letters per reason_code
+    figures: dict[str, float] = field(default_factory=dict)  # the scenario's own measurements
+    notes: dict[str, str] = field(default_factory=dict)  # the scenario's findings, in words
+
+    @property
+    def differences(self) -> list[str]:
+        """Every way the account does not balance; empty when it does."""
+        out = []
+        if self.unique + self.poison != self.rows + self.dead_letters:
+            out.append(
+                f"produced {self.unique} unique + {self.poison} poison ≠ {self.rows} rows"
+                f" + {self.dead_letters} dead letters"
+            )
+        if self.missing or self.unexpected:
+            out.append(f"{self.missing} ids missing from Postgres, {self.unexpected} unexpected")
+        if self.canonical_records != self.rows:
+            out.append(f"{self.canonical_records} canonical records for {self.rows} rows")
+        if self.dlq_records != self.dead_letters:
+            out.append(f"{self.dlq_records} DLQ records for {self.dead_letters} dead letters")
+        if self.parked_open:
+            out.append(f"{self.parked_open} events still parked")
+        if self.drift:
+            out.append(f"{self.drift} partitions drift (qmsflow reconcile)")
+        return out
+
+    def render(self) -> str:
+        """The ledger as a small table, then OK or the differences."""
+        rows = [
+            ("produced (sent, resends and poison included)", self.produced),
+            ("  unique well-formed events", self.unique),
+            ("  poison records", self.poison),
+            ("rows in qms.quality_event", self.rows),
+            ("dead letters in qms.dead_letter", self.dead_letters),
+            ("records on quality.events.v1", self.canonical_records),
+            ("records on quality.dlq.v1", self.dlq_records),
+            ("parked, not released", self.parked_open),
+            ("partitions drifting (reconcile)", self.drift),
+        ]
+        lines = [f"== ledger: {self.scenario}"]
+        lines += [f"  {name:<46} {value:>9,}" for name, value in rows]
+        lines += [f"  {name:<46} {value:>9,.1f}" for name, value in self.figures.items()]
+        lines += [f"  {name}: {text}" for name, text in self.notes.items()]
+        if self.reasons:
+            lines.append(
+                "  reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
+            )
+        lines.append(
+            "  " + ("OK: balanced" if not self.differences else "; ".join(self.differences))
+        )
+        return "\n".join(lines)
+
+
+def ledger(
+    settings: Settings,
+    *,
+    scenario: str,
+    produced: int,
+    unique_ids: set[str],
+    poison: int,
+    timeout: float = 120.0,
+) -> Ledger:
+    """Count one environment's rows, dead letters, topic records and drift against what was sent.
+
+    Dead letters are those of records read from the ingest topics (stage normalise or dedup);
+    a parked event's expiry is a row and a dead letter at once and is not expected here.
+    """
+    from qmsflow.kafka.admin import end_offsets
+
+    account = Ledger(scenario, produced, len(unique_ids), poison)
+    events, dlq = settings.topic("quality.events.v1"), settings.topic("quality.dlq.v1")
+    with psycopg.connect(settings.dsn) as conn:
+        stored = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT event_id FROM qms.quality_event WHERE kafka_topic = %s", (events,)
+            )
+        }
+        reasons = conn.execute(
+            "SELECT reason_code, count(*) FROM qms.dead_letter"
+            " WHERE kafka_topic = %s AND stage IN ('normalise', 'dedup') GROUP BY reason_code",
+            (dlq,),
+        ).fetchall()
+        parked = conn.execute(
+            "SELECT count(DISTINCT event_id) FILTER (WHERE status = 'PARKED')"
+            " - count(DISTINCT event_id) FILTER (WHERE status <> 'PARKED')"
+            " FROM qms.parked_event WHERE kafka_topic = %s",
+            (settings.topic("quality.parked.v1"),),
+        ).fetchone()
+    account.rows = len(stored)
+    account.missing = len(unique_ids - stored)
+    if account.missing:
+        account.notes["missing ids (first 5)"] = ", ".join(sorted(unique_ids - stored)[:5])
+    account.unexpected = len(stored - unique_ids)
+    account.reasons = {str(code): int(n) for code, n in reasons}
+    account.dead_letters = sum(account.reasons.values())
+    account.parked_open = int(parked[0] or 0) if parked else 0
+    counts = end_offsets(settings, [events, dlq])
+    account.canonical_records, account.dlq_records = counts.get(events, 0), counts.get(dlq, 0)
+    checks = reconcile(settings, topics=["quality.events.v1", "quality.dlq.v1"], timeout=timeout)
+    account.drift = sum(1 for c in checks if c.drift)
+    return account

@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -45,9 +44,15 @@ from qmsflow.stack.process import (
     command_line,
     echo_stdout,
     exclusive,
+    exited,
     fetch_classpath,
+    first_error,
     is_alive,
+    log_since,
+    log_size,
     read_pid,
+    reap,
+    start_detached,
     tail,
     terminate,
 )
@@ -82,9 +87,6 @@ HEAP = "-Xmx768m"
 
 #: last log lines shown when the worker does not come up
 LOG_TAIL_LINES = 30
-
-# workers started by this process, kept so no Popen of a running child is dropped (see kafka.py)
-_DETACHED: list[subprocess.Popen[bytes]] = []
 
 
 def connect_url(settings: Settings) -> str | None:
@@ -288,29 +290,24 @@ class LocalConnect:
         )
         self.log4j_properties.write_text(LOG4J2_PROPERTIES)
         echo(f"Starting Kafka Connect {self.version} on {self.url} (log: {self.log}) …")
-        log_offset = self._log_size()
-        with self.log.open("ab") as log:
-            worker = subprocess.Popen(
-                [
-                    "java",
-                    HEAP,
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={self.log4j_properties}",
-                    "-cp",
-                    f"{libs}/*",
-                    "org.apache.kafka.connect.cli.ConnectDistributed",
-                    str(self.worker_properties),
-                ],
-                cwd=self.home,
-                env={**os.environ, **worker_environment(self.settings)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _DETACHED.append(worker)
-        self.pid_file.write_text(f"{worker.pid}\n")
-        self._wait_ready(worker.pid, echo, log_offset)
+        log_offset = log_size(self.log)
+        pid = start_detached(
+            [
+                "java",
+                HEAP,
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.log4j_properties}",
+                "-cp",
+                f"{libs}/*",
+                "org.apache.kafka.connect.cli.ConnectDistributed",
+                str(self.worker_properties),
+            ],
+            cwd=self.home,
+            log=self.log,
+            env={**os.environ, **worker_environment(self.settings)},
+        )
+        self.pid_file.write_text(f"{pid}\n")
+        self._wait_ready(pid, echo, log_offset)
 
     def down(self, echo: Echo = echo_stdout) -> bool:
         """Stop the worker: SIGTERM, then SIGKILL after 30 s; connectors stay registered.
@@ -327,7 +324,7 @@ class LocalConnect:
         clean = terminate(pid, STOP_GRACE)
         if not clean:
             echo(f"  Kafka Connect did not stop within {STOP_GRACE:.0f} s; killed")
-        self._reap(pid)
+        reap(pid, STOP_GRACE)
         self.pid_file.unlink(missing_ok=True)
         echo("Kafka Connect stopped")
         return clean
@@ -342,7 +339,7 @@ class LocalConnect:
             return None
         with contextlib.suppress(ProcessLookupError):  # it died by itself meanwhile
             os.killpg(pid, signal.SIGKILL)  # the JVM leads its own session (start_new_session)
-        self._reap(pid)
+        reap(pid, STOP_GRACE)
         deadline = time.monotonic() + STOP_GRACE
         while is_alive(pid):
             if time.monotonic() > deadline:
@@ -354,17 +351,6 @@ class LocalConnect:
     def running_pid(self) -> int | None:
         """The pid of this worker's JVM, None when it does not run."""
         return self._pid()
-
-    @staticmethod
-    def _reap(pid: int) -> None:
-        """Wait for a worker this process started, so it leaves no zombie."""
-        for worker in list(_DETACHED):
-            if worker.pid == pid:
-                try:
-                    worker.wait(STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    return
-                _DETACHED.remove(worker)
 
     def status(self) -> dict[str, Any]:
         """Whether the worker runs and lists Debezium, with its pid, URL, connectors and log."""
@@ -395,12 +381,12 @@ class LocalConnect:
 
     def _wait_ready(self, pid: int, echo: Echo, log_offset: int | None = None) -> None:
         """Poll until the worker is ready; `log_offset` is where this start's log lines begin."""
-        started_at = self._log_size() if log_offset is None else log_offset
+        started_at = log_size(self.log) if log_offset is None else log_offset
         started = time.monotonic()
         last_report = started
         while True:
-            if _exited(pid):
-                cause = _first_error(self._log_since(started_at)) or "(no ERROR line)"
+            if exited(pid):
+                cause = first_error(log_since(self.log, started_at)) or "(no ERROR line)"
                 raise StackError(
                     f"expected the local Connect worker (pid {pid}) to keep running, but it "
                     f"exited: {cause}\nlast {LOG_TAIL_LINES} lines of {self.log}:\n"
@@ -421,20 +407,6 @@ class LocalConnect:
                 last_report = now
                 echo(f"  … waiting for Kafka Connect on {self.url}, {now - started:.0f} s")
             time.sleep(0.5)
-
-    def _log_size(self) -> int:
-        try:
-            return self.log.stat().st_size
-        except OSError:
-            return 0
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
 
     def _pid(self) -> int | None:
         """Find this stack's running worker: from the pid file, else by scanning /proc."""
@@ -460,28 +432,6 @@ class LocalConnect:
                 return True
         except OSError:
             return False
-
-
-def _exited(pid: int) -> bool:
-    """Whether a worker being waited for has exited (its exit status, if started here).
-
-    Not a command-line match (`_is_ours`): Popen returns once the child's execve has closed
-    its close-on-exec pipe, which the kernel does before it sets up the new argv, so
-    /proc/<pid>/cmdline can still be empty; under load that made a starting worker look dead
-    while its JVM went on to start, without an owner.
-    """
-    for worker in _DETACHED:
-        if worker.pid == pid:
-            return worker.poll() is not None
-    return not is_alive(pid)
-
-
-def _first_error(log_text: str) -> str | None:
-    """The first ERROR line of a worker log: the cause, above its stack trace."""
-    for line in log_text.splitlines():
-        if " ERROR " in line:
-            return line.strip()
-    return None
 
 
 __all__ = [

@@ -29,9 +29,14 @@ from qmsflow.stack.process import (
     command_line,
     echo_stdout,
     exclusive,
+    exited,
     fetch_classpath,
+    first_error,
     is_alive,
+    log_since,
+    log_size,
     read_pid,
+    start_detached,
     tail,
     terminate,
 )
@@ -51,10 +56,6 @@ HEAP = "-Xmx768m"
 
 #: last log lines shown when the broker does not come up: its stack trace fits in 30
 LOG_TAIL_LINES = 30
-
-# brokers started by this process: a dropped Popen of a running child warns (ResourceWarning,
-# an error under pytest's filters), and the broker is meant to outlive this process
-_DETACHED: list[subprocess.Popen[bytes]] = []
 
 # librdkafka logs every refused connection while the broker starts; those are expected here
 _quiet = logging.getLogger("qmsflow.stack.kafka.librdkafka")
@@ -117,14 +118,6 @@ logger.request.level = WARN
 logger.controller.name = org.apache.kafka.controller
 logger.controller.level = WARN
 """
-
-
-def first_error(log_text: str) -> str | None:
-    """Return the first ERROR or FATAL line of a broker log: the cause, above its stack trace."""
-    for line in log_text.splitlines():
-        if " ERROR " in line or " FATAL " in line:
-            return line.strip()
-    return None
 
 
 def readiness_error(bootstrap: str, waited: float, log: Path, log_tail: str) -> str:
@@ -205,28 +198,23 @@ class LocalKafka:
         if self._formatted_cluster_id() is None:
             self._format(libs, echo)
         echo(f"Starting Kafka {self.version} on {self.bootstrap_servers} (log: {self.log}) …")
-        log_offset = self._log_size()
-        with self.log.open("ab") as log:
-            broker = subprocess.Popen(
-                [
-                    "java",
-                    HEAP,
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={self.log4j_properties}",
-                    "-cp",
-                    f"{libs}/*",
-                    "kafka.Kafka",
-                    str(self.server_properties),
-                ],
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _DETACHED.append(broker)
-        self.pid_file.write_text(f"{broker.pid}\n")
-        self._wait_ready(broker.pid, echo, log_offset)
+        log_offset = log_size(self.log)
+        pid = start_detached(
+            [
+                "java",
+                HEAP,
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.log4j_properties}",
+                "-cp",
+                f"{libs}/*",
+                "kafka.Kafka",
+                str(self.server_properties),
+            ],
+            cwd=self.home,
+            log=self.log,
+        )
+        self.pid_file.write_text(f"{pid}\n")
+        self._wait_ready(pid, echo, log_offset)
 
     def down(self, echo: Echo = echo_stdout) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after 30 s without a clean shutdown."""
@@ -296,12 +284,12 @@ class LocalKafka:
 
     def _wait_ready(self, pid: int, echo: Echo, log_offset: int | None = None) -> None:
         """Poll until the broker answers; `log_offset` is where this start's log lines begin."""
-        started_at = self._log_size() if log_offset is None else log_offset
+        started_at = log_size(self.log) if log_offset is None else log_offset
         started = time.monotonic()
         last_report = started
         while True:
-            if not self._is_ours(pid):
-                cause = first_error(self._log_since(started_at)) or "(no ERROR line)"
+            if exited(pid):
+                cause = first_error(log_since(self.log, started_at)) or "(no ERROR line)"
                 raise StackError(
                     f"expected the local Kafka broker (pid {pid}) to keep running, but it "
                     f"exited: {cause}\nlast {LOG_TAIL_LINES} lines of {self.log}:\n"
@@ -325,21 +313,6 @@ class LocalKafka:
                 last_report = now
                 echo(f"  … waiting for Kafka on {self.bootstrap_servers}, {now - started:.0f} s")
             time.sleep(0.5)
-
-    def _log_size(self) -> int:
-        try:
-            return self.log.stat().st_size
-        except OSError:
-            return 0
-
-    def _log_since(self, offset: int) -> str:
-        """Return the broker log written after `offset` (this start's lines, not older runs')."""
-        try:
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
 
     def _pid(self) -> int | None:
         """Find this stack's running broker: from the pid file, else by scanning /proc."""

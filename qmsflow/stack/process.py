@@ -56,6 +56,80 @@ def is_alive(pid: int) -> bool:
     return state != "Z"
 
 
+# servers started by this process: a dropped Popen of a running child warns (ResourceWarning,
+# an error under pytest's filters), and the servers are meant to outlive this process
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
+def start_detached(
+    command: list[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> int:
+    """Start a server in its own session, appending its output to `log`; return its pid."""
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _DETACHED.append(server)
+    return server.pid
+
+
+def exited(pid: int) -> bool:
+    """Whether a server being waited for has exited (its exit status, if started here).
+
+    Not a command-line match: Popen returns once the child's execve has closed its
+    close-on-exec pipe, which the kernel does before it sets up the new argv, so
+    /proc/<pid>/cmdline can still be empty; under load that made a starting server look dead
+    while its JVM went on to start, without an owner.
+    """
+    for server in _DETACHED:
+        if server.pid == pid:
+            return server.poll() is not None
+    return not is_alive(pid)
+
+
+def reap(pid: int, timeout: float) -> None:
+    """Wait for a server this process started, so it leaves no zombie."""
+    for server in list(_DETACHED):
+        if server.pid == pid:
+            try:
+                server.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return
+            _DETACHED.remove(server)
+
+
+def log_size(log: Path) -> int:
+    """The log's size now: where the lines of a start about to happen begin."""
+    try:
+        return log.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(log: Path, offset: int) -> str:
+    """The log written after `offset` (one start's lines, not older runs')."""
+    try:
+        with log.open("rb") as text:
+            text.seek(offset)
+            return text.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def first_error(log_text: str) -> str | None:
+    """The first ERROR or FATAL line of a JVM server's log: the cause, above its stack trace."""
+    for line in log_text.splitlines():
+        if " ERROR " in line or " FATAL " in line:
+            return line.strip()
+    return None
+
+
 def command_line(pid: int) -> str:
     """Return the command line of a running process, space-separated ('' when unreadable)."""
     try:

@@ -78,8 +78,12 @@ class TestSinkKills:
         try:
             processes.start_sink()
             for target in targets:
+
+                def reached(t: int = target) -> bool:
+                    return count_rows(postgres_dsn, "qms.quality_event", topic) >= t
+
                 wait_for(
-                    lambda t=target: count_rows(postgres_dsn, "qms.quality_event", topic) >= t,
+                    reached,
                     timeout=120,
                     what=f"{target} rows before a kill",
                     alive=processes.assert_alive,

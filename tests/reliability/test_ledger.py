@@ -1,0 +1,48 @@
+"""The chaos ledger's balance rules, on hand-made counts (no servers)."""
+
+from __future__ import annotations
+
+from qmsflow.reconcile import Ledger
+
+
+def balanced() -> Ledger:
+    return Ledger(
+        "example",
+        produced=120,
+        unique=100,
+        poison=5,
+        rows=100,
+        dead_letters=5,
+        canonical_records=100,
+        dlq_records=5,
+    )
+
+
+class TestLedger:
+    def test_an_exact_account_has_no_differences(self) -> None:
+        """Unique + poison = rows + dead letters, one topic record each: nothing to report."""
+        account = balanced()
+        assert account.differences == []
+        assert "OK: balanced" in account.render()
+
+    def test_a_lost_event_is_reported(self) -> None:
+        """A row missing from Postgres breaks the balance and names the missing ids."""
+        account = balanced()
+        account.rows, account.canonical_records, account.missing = 99, 99, 1
+        assert len(account.differences) == 2
+        assert "1 ids missing" in account.differences[1]
+
+    def test_a_duplicate_on_the_canonical_topic_is_reported_though_rows_are_exact(self) -> None:
+        """A republished event absorbed by the table's key is still a duplicate in Kafka."""
+        account = balanced()
+        account.canonical_records = 101
+        assert account.differences == ["101 canonical records for 100 rows"]
+
+    def test_parked_events_and_drift_are_reported(self) -> None:
+        """Events left parked and partitions `reconcile` finds drifting both fail the ledger."""
+        account = balanced()
+        account.parked_open, account.drift = 2, 1
+        assert account.differences == [
+            "2 events still parked",
+            "1 partitions drift (qmsflow reconcile)",
+        ]
