@@ -36,6 +36,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
+
 from qmsflow.errors import StackError
 from qmsflow.settings import PROJECT_ROOT, Settings
 from qmsflow.stack.postgres import CDC_PASSWORD, CDC_ROLE, ERP_DATABASE
@@ -153,10 +155,15 @@ def render_worker_properties(
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """The `CDC_*` variables the local worker resolves connector placeholders from."""
+    """The `CDC_*` variables the local worker resolves connector placeholders from.
+
+    The source database lives beside the sink's (the demo `erp` database on the same server),
+    so host and port come from `settings.dsn`: `DATABASE_URL` when set, else the local stack.
+    """
+    server = conninfo_to_dict(settings.dsn)
     return {
-        "CDC_ERP_DATABASE_HOSTNAME": "127.0.0.1",
-        "CDC_ERP_DATABASE_PORT": str(settings.postgres_port),
+        "CDC_ERP_DATABASE_HOSTNAME": str(server.get("host") or "127.0.0.1"),
+        "CDC_ERP_DATABASE_PORT": str(server.get("port") or 5432),
         "CDC_ERP_DATABASE_USER": CDC_ROLE,
         "CDC_ERP_DATABASE_PASSWORD": CDC_PASSWORD,
         "CDC_ERP_DATABASE_DBNAME": ERP_DATABASE,

@@ -187,6 +187,19 @@ class TestConnectorFile:
         assert names == set(worker_environment(Settings()))
         assert all(name.startswith("CDC_") for name in names)
 
+    def test_source_database_is_beside_the_sink_database(self) -> None:
+        """Host and port follow DATABASE_URL when set, else the local stack's Postgres port."""
+        local = worker_environment(Settings(database_url=None, postgres_port=54339))
+        assert (local["CDC_ERP_DATABASE_HOSTNAME"], local["CDC_ERP_DATABASE_PORT"]) == (
+            "127.0.0.1",
+            "54339",
+        )
+        external = worker_environment(
+            Settings(database_url="postgresql://sink:pw@db.plant.example:6543/qmsflow")
+        )
+        assert external["CDC_ERP_DATABASE_HOSTNAME"] == "db.plant.example"
+        assert external["CDC_ERP_DATABASE_PORT"] == "6543"
+
     def test_non_string_value_rejected(self, tmp_path: Path) -> None:
         """A number where Connect expects a string is refused, naming the key."""
         path = tmp_path / "bad.json"
