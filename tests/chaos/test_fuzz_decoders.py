@@ -112,7 +112,9 @@ class TestFuzzDecoders:
             rows=outcomes["record"],
             dead_letters=outcomes["dead letter"],
             canonical_records=outcomes["record"],
+            canonical_distinct=outcomes["record"],
             dlq_records=outcomes["dead letter"],
+            dlq_distinct=outcomes["dead letter"],
             reasons=dict(reasons),
         )
         account.figures["fuzzed inputs"] = total

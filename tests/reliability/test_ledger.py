@@ -14,7 +14,9 @@ def balanced() -> Ledger:
         rows=100,
         dead_letters=5,
         canonical_records=100,
+        canonical_distinct=100,
         dlq_records=5,
+        dlq_distinct=5,
     )
 
 
@@ -28,15 +30,24 @@ class TestLedger:
     def test_a_lost_event_is_reported(self) -> None:
         """A row missing from Postgres breaks the balance and names the missing ids."""
         account = balanced()
-        account.rows, account.canonical_records, account.missing = 99, 99, 1
+        account.rows, account.canonical_records, account.canonical_distinct = 99, 99, 99
+        account.missing = 1
         assert len(account.differences) == 2
         assert "1 ids missing" in account.differences[1]
 
-    def test_a_duplicate_on_the_canonical_topic_is_reported_though_rows_are_exact(self) -> None:
-        """A republished event absorbed by the table's key is still a duplicate in Kafka."""
+    def test_a_republished_copy_is_counted_not_failed(self) -> None:
+        """A copy of a record after a crash (same id) is shown; the balance still holds."""
         account = balanced()
-        account.canonical_records = 101
-        assert account.differences == ["101 canonical records for 100 rows"]
+        account.canonical_records, account.dlq_records = 103, 6
+        assert account.differences == []
+        assert account.republished == 4
+        assert "copies republished after a crash (absorbed)" in account.render()
+
+    def test_an_id_on_the_topic_without_its_row_is_reported(self) -> None:
+        """Distinct ids on the canonical topic beyond the rows: an event did not reach Postgres."""
+        account = balanced()
+        account.canonical_records = account.canonical_distinct = 101
+        assert account.differences == ["101 canonical event ids for 100 rows"]
 
     def test_parked_events_and_drift_are_reported(self) -> None:
         """Events left parked and partitions `reconcile` finds drifting both fail the ledger."""
