@@ -9,10 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
+from connectors.postgres_sink.migrations import migrate
+from qmsflow.kafka.admin import create_topics
 from qmsflow.settings import Settings
+from qmsflow.topics import load_catalog
 
 
 class PipelineProcesses:
@@ -75,6 +79,16 @@ class PipelineProcesses:
         for role, process in (("worker", self.worker), ("sink", self.sink)):
             if process is not None and process.poll() is not None:
                 raise AssertionError(f"{role} exited with {process.returncode}\n{self.log_tail()}")
+
+
+def prepared_settings(bootstrap: str, dsn: str, prefix: str, **overrides: Any) -> Settings:
+    """One test environment's settings (its topic prefix), with its topics and tables made."""
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap, database_url=dsn, topic_prefix=prefix, **overrides
+    )
+    create_topics(settings, load_catalog(), echo=lambda _line: None)
+    migrate(dsn, echo=lambda _line: None)
+    return settings
 
 
 def environment(settings: Settings, bootstrap: str, dsn: str) -> dict[str, str]:

@@ -11,14 +11,10 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from connectors.postgres_sink.migrations import migrate
 from qmsflow.canary import PATHS, build_run, run_once
 from qmsflow.demo.master_data import plant_master_records
 from qmsflow.demo.produce import DemoPublisher
-from qmsflow.kafka.admin import create_topics
-from qmsflow.settings import Settings
-from qmsflow.topics import load_catalog
-from tests.integration.pipeline import PipelineProcesses, environment
+from tests.integration.pipeline import PipelineProcesses, environment, prepared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +23,12 @@ pytestmark = pytest.mark.integration
 def pipeline(
     kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[PipelineProcesses]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
+    settings = prepared_settings(
+        kafka_bootstrap,
+        postgres_dsn,
+        topic_prefix,
         sink_batch_size=200,
     )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
     # the plant's parts and suppliers, as production has them; the canary brings its own lot
     DemoPublisher(settings).master(plant_master_records(datetime.now(UTC) - timedelta(days=30)))
     env = {**environment(settings, kafka_bootstrap, postgres_dsn), "QMSFLOW_TICK_INTERVAL": "1"}

@@ -12,20 +12,19 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.sink import PostgresSink
 from qmsflow.cli import main
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.dead_letters import REPLAY_HEADER
 from qmsflow.errors import FramingError
-from qmsflow.kafka.admin import create_topics, end_offsets
+from qmsflow.kafka.admin import end_offsets
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.kafka.producer import create_producer
 from qmsflow.quality.dead_letter import dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings, load_settings
-from qmsflow.topics import load_catalog
+from tests.integration.pipeline import prepared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +36,7 @@ HEADERS = [("source-system", b"QMS"), ("empty", None), ("source-system", b"twice
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str) -> Settings:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
-    )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
+    settings = prepared_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
     return settings
 
 

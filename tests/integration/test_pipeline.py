@@ -9,15 +9,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from connectors.postgres_sink.migrations import migrate
 from qmsflow.demo.produce import produce_demo
-from qmsflow.kafka.admin import create_topics, end_offsets
-from qmsflow.settings import Settings
-from qmsflow.topics import load_catalog
+from qmsflow.kafka.admin import end_offsets
 from tests.integration.pipeline import (
     PipelineProcesses,
     count_rows,
     environment,
+    prepared_settings,
     wait_for,
 )
 
@@ -28,14 +26,12 @@ pytestmark = pytest.mark.integration
 def pipeline(
     kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[PipelineProcesses]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
+    settings = prepared_settings(
+        kafka_bootstrap,
+        postgres_dsn,
+        topic_prefix,
         sink_batch_size=250,  # small batches, so a kill lands between commits
     )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
     env = environment(settings, kafka_bootstrap, postgres_dsn)
     processes = PipelineProcesses(settings, env, tmp_path)
     processes.start_worker()

@@ -11,16 +11,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.postgres_sink.migrations import migrate
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.demo.master_data import plant_master_records
 from qmsflow.demo.scenarios import Scenario, bad_supplier_lot
 from qmsflow.demo.traffic import DemoRecord
-from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
+from qmsflow.kafka.admin import consumed_offsets, end_offsets
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
-from tests.integration.pipeline import PipelineProcesses, environment, wait_for
+from tests.integration.pipeline import PipelineProcesses, environment, prepared_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +40,12 @@ SINK_TABLES = (
 def pipeline(
     kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[PipelineProcesses]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
+    settings = prepared_settings(
+        kafka_bootstrap,
+        postgres_dsn,
+        topic_prefix,
         sink_batch_size=200,
     )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
     env = {**environment(settings, kafka_bootstrap, postgres_dsn), "QMSFLOW_TICK_INTERVAL": "1"}
     processes = PipelineProcesses(settings, env, tmp_path)
     processes.start_worker()

@@ -10,15 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.rows import BINDINGS
 from connectors.postgres_sink.sink import SinkStats, run_sink
 from qmsflow.contracts import AvroCodec, open_registry
-from qmsflow.kafka.admin import create_topics, end_offsets
+from qmsflow.kafka.admin import end_offsets
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
-from qmsflow.topics import load_catalog
-from tests.integration.pipeline import wait_for
+from tests.integration.pipeline import prepared_settings, wait_for
 from tests.unit.connectors import stage_records as records
 
 pytestmark = pytest.mark.integration
@@ -78,14 +76,12 @@ class SinkThread:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str) -> Settings:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
+    settings = prepared_settings(
+        kafka_bootstrap,
+        postgres_dsn,
+        topic_prefix,
         sink_batch_size=100,
     )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
     return settings
 
 

@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connectors.postgres_sink.migrations import migrate
-from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
+from qmsflow.kafka.admin import consumed_offsets, end_offsets
 from qmsflow.settings import Settings
 from qmsflow.status_page import make_server
 from qmsflow.topics import load_catalog
+from tests.integration.pipeline import prepared_settings
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +33,7 @@ INGEST = ("qms.nonconformance.v1", "lims.lab-result.v1")
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str) -> Settings:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
-    )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
+    settings = prepared_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
     return settings
 
 

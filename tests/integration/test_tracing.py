@@ -14,15 +14,12 @@ import orjson
 import psycopg
 import pytest
 
-from connectors.postgres_sink.migrations import migrate
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.demo.master_data import plant_master_records
 from qmsflow.demo.scenarios import Scenario, bad_supplier_lot
-from qmsflow.kafka.admin import create_topics
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
-from qmsflow.topics import load_catalog
-from tests.integration.pipeline import PipelineProcesses, environment, wait_for
+from tests.integration.pipeline import PipelineProcesses, environment, prepared_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,14 +93,12 @@ class TracedPlant:
 def plant(
     kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[TracedPlant]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_dsn,
-        topic_prefix=topic_prefix,
+    settings = prepared_settings(
+        kafka_bootstrap,
+        postgres_dsn,
+        topic_prefix,
         sink_batch_size=200,
     )
-    create_topics(settings, load_catalog(), echo=lambda _line: None)
-    migrate(postgres_dsn, echo=lambda _line: None)
     start = datetime.now(UTC) - timedelta(hours=1)
     scenario = bad_supplier_lot(zlib.crc32(topic_prefix.encode()), start)
     codec = AvroCodec(open_registry(settings))
