@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         description="QMSFLOW_CACHE_DIR: downloaded jars, kept between runs and checkouts.",
     )
     kafka_port: int = Field(default=19092, description="QMSFLOW_KAFKA_PORT: local broker port.")
+    connect_port: int = Field(
+        default=18083,
+        description="QMSFLOW_CONNECT_PORT: local Kafka Connect worker's REST port.",
+    )
     postgres_port: int = Field(
         default=54329, description="QMSFLOW_POSTGRES_PORT: local Postgres port."
     )

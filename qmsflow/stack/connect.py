@@ -69,7 +69,7 @@ CONNECT_URL_ENV = "KAFKA_CONNECT_URL"
 
 #: the local worker's REST port: 8083 is Connect's default, shifted like 19092 and 54329 so a
 #: developer's own Connect keeps its port
-CONNECT_PORT = 18083
+CONNECT_PORT = 18083  # the default of QMSFLOW_CONNECT_PORT
 
 #: names of the worker's group and storage topics; the topics are created by the worker
 GROUP_ID = "qmsflow-connect"
@@ -214,7 +214,7 @@ class LocalConnect:
         self,
         settings: Settings,
         pom: Path = POM,
-        port: int = CONNECT_PORT,
+        port: int | None = None,
         *,
         home: Path | None = None,
         group_id: str = GROUP_ID,
@@ -222,7 +222,7 @@ class LocalConnect:
     ) -> None:
         self.settings = settings
         self.pom = pom
-        self.port = port
+        self.port = settings.connect_port if port is None else port
         self.group_id = group_id
         self.storage_topic_prefix = storage_topic_prefix
         self.version = connect_version(pom)

@@ -42,7 +42,12 @@ def chaos_stack_settings() -> Settings:
         kafka_port=int(os.environ.get("CHAOS_KAFKA_PORT", "29092")),
         postgres_port=int(os.environ.get("CHAOS_POSTGRES_PORT", "54339")),
     )
-    shared_ports = {shared.kafka_port, shared.kafka_port + 1, shared.postgres_port, 18083}
+    shared_ports = {
+        shared.kafka_port,
+        shared.kafka_port + 1,
+        shared.postgres_port,
+        shared.connect_port,
+    }
     chaos_ports = {settings.kafka_port, settings.kafka_port + 1, settings.postgres_port}
     if shared_ports & chaos_ports or settings.stack_dir.resolve() == shared.stack_dir.resolve():
         raise pytest.UsageError(

@@ -15,6 +15,7 @@ from qmsflow.settings import Settings
 from qmsflow.stack.connect import (
     CONNECT_PORT,
     DEBEZIUM_POSTGRES,
+    LocalConnect,
     connect_url,
     connect_version,
     lists_debezium,
@@ -55,6 +56,11 @@ class TestWorkerProperties:
         assert props["listeners"] == "http://127.0.0.1:18999"
         for kind, topic in (("config", "configs"), ("offset", "offsets"), ("status", "status")):
             assert props[f"{kind}.storage.topic"] == f"t1a2b3c4d.connect-{topic}"
+
+    def test_local_worker_port_comes_from_the_settings(self) -> None:
+        """QMSFLOW_CONNECT_PORT moves the local worker, so two checkouts can run side by side."""
+        assert LocalConnect(Settings()).url == f"http://127.0.0.1:{CONNECT_PORT}"
+        assert LocalConnect(Settings(connect_port=18183)).url == "http://127.0.0.1:18183"
 
     def test_json_without_schemas(self) -> None:
         """Keys and values are plain JSON: the Debezium envelope without a schema wrapper."""
