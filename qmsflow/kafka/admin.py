@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
@@ -105,14 +105,48 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
                 continue
             total = 0
             for partition in metadata[topic].partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=_TIMEOUT
-                )
+                low, high = _watermarks(consumer, TopicPartition(topic, partition))
                 total += high - low
             counts[topic] = total
         return counts
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    """Low and high watermark, retried while the broker answers with a retriable error.
+
+    A topic created a moment ago may have no leader yet (NOT_LEADER_FOR_PARTITION), and a
+    leader election moves it; both pass within seconds, which is what `_TIMEOUT` allows.
+    """
+    deadline = time.monotonic() + _TIMEOUT
+    delay = 0.1
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT)
+            return int(low), int(high)
+        except KafkaException as error:
+            if not _transient(error) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+#: leadership not settled yet (a new topic, an election): answers change within seconds
+_LEADERSHIP_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _transient(error: KafkaException) -> bool:
+    reason = error.args[0] if error.args else None
+    if not isinstance(reason, KafkaError):
+        return False
+    return bool(reason.retriable()) or reason.code() in _LEADERSHIP_CODES
 
 
 def consumed_offsets(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:

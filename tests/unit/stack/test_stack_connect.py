@@ -57,8 +57,11 @@ class TestWorkerProperties:
         for kind, topic in (("config", "configs"), ("offset", "offsets"), ("status", "status")):
             assert props[f"{kind}.storage.topic"] == f"t1a2b3c4d.connect-{topic}"
 
-    def test_local_worker_port_comes_from_the_settings(self) -> None:
+    def test_local_worker_port_comes_from_the_settings(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """QMSFLOW_CONNECT_PORT moves the local worker, so two checkouts can run side by side."""
+        monkeypatch.delenv("QMSFLOW_CONNECT_PORT", raising=False)
         assert LocalConnect(Settings()).url == f"http://127.0.0.1:{CONNECT_PORT}"
         assert LocalConnect(Settings(connect_port=18183)).url == "http://127.0.0.1:18183"
 
