@@ -58,6 +58,11 @@ bench: install ## throughput, latency, scale and state benchmarks vs their basel
 	$(QMSFLOW) stack up
 	$(BIN)/python -m bench
 
+.PHONY: soak
+soak: install ## worker + sink RSS under 300 events/s for 10 min (QMSFLOW_SOAK_SECONDS); ±10% verdict, bench/results/soak-<time>.json + .png
+	$(QMSFLOW) stack up
+	$(BIN)/python -m bench.soak
+
 .PHONY: chaos
 chaos: install ## faults, poison and load on a stack of its own (.stack-chaos); ledgers printed and in its report.json
 	RUN_CHAOS=1 $(BIN)/pytest -q tests/chaos

@@ -19,10 +19,27 @@ _SHORT = {
     "passthrough": "(a) Kafka\npassthrough",
     "sink_alone": "qmsflow\nsink alone",
     "copy": "(c) raw\nCOPY",
+    "sink_incident": "sink\nincident",
+    "copy_incident": "(c) COPY\nincident",
+    "sink_golden_record": "sink golden\nrecord",
+    "copy_golden_record": "(c) COPY\ngolden",
 }
+_BASELINES = frozenset(
+    {"naive_faust", "passthrough", "copy", "copy_incident", "copy_golden_record"}
+)
 _GROUPS = (
     ("events/s through Kafka", ("e2e", "naive_faust", "passthrough")),
-    ("rows/s into Postgres", ("sink_alone", "copy")),
+    (
+        "rows/s into Postgres",
+        (
+            "sink_alone",
+            "copy",
+            "sink_incident",
+            "copy_incident",
+            "sink_golden_record",
+            "copy_golden_record",
+        ),
+    ),
 )
 
 
@@ -31,14 +48,14 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
     runs = runs_from_document(document)
     rates = medians(runs)
     m = document["machine"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 3]})
     for ax, (title, names) in zip(axes, _GROUPS, strict=True):
         shown = [n for n in names if n in rates and n in MEASUREMENTS]
         xs = range(len(shown))
         bars = ax.bar(
             xs,
             [rates[n] for n in shown],
-            color=["#1f77b4" if n in ("e2e", "sink_alone") else "#aaaaaa" for n in shown],
+            color=["#aaaaaa" if n in _BASELINES else "#1f77b4" for n in shown],
         )
         for x, name in zip(xs, shown, strict=True):
             ys = [r.per_second for r in runs if r.measurement == name]
@@ -113,6 +130,41 @@ def plot_more(document: Mapping[str, Any], path: Path) -> None:
         ax.set_title("dedup state on disk per key", fontsize=10)
         ax.legend(fontsize=7)
     fig.suptitle(f"qmsflow bench {document['started_at']}: latency, scale, state", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_soak(document: Mapping[str, Any], path: Path) -> None:
+    """Worker and sink RSS over the soak, each with its ±10% band around the baseline median."""
+    samples = document["samples"]
+    params = document["parameters"]
+    m = document["machine"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    minutes = [s["seconds"] / 60 for s in samples]
+    mib = 1024**2
+    for role, color in (("worker", "#1f77b4"), ("sink", "#ff7f0e")):
+        verdict = document[role]
+        ys = [s[f"{role}_rss_bytes"] / mib for s in samples]
+        state = "flat" if verdict["flat"] else "NOT flat"
+        ax.plot(minutes, ys, marker=".", color=color, label=f"{role} RSS ({state})")
+        ax.axhspan(verdict["low_bytes"] / mib, verdict["high_bytes"] / mib, color=color, alpha=0.12)
+        ax.axhline(verdict["baseline_bytes"] / mib, color=color, linestyle=":", linewidth=1)
+    warmup, baseline = params["warmup_seconds"] / 60, params["baseline_seconds"] / 60
+    ax.axvspan(0, warmup, color="#dddddd", alpha=0.6, label="warm-up (not judged)")
+    ax.axvline(
+        warmup + baseline, color="grey", linestyle="--", linewidth=1, label="end of baseline window"
+    )
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("VmRSS (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"qmsflow soak {document['started_at']}: {params['rate_per_second']:,.0f} records/s for "
+        f"{params['seconds'] / 60:.0f} min, band ±{params['tolerance']:.0%} around the baseline "
+        f"median; {m['nproc']} CPUs {m['cpu_model']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

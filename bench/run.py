@@ -8,7 +8,10 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
      until the sink's committed offsets cover the whole canonical topic (offsets are committed in
      the same transaction as the rows, so that is the moment the last row is in Postgres);
   5. (c) COPY of the same canonical rows into a scratch copy of qms.quality_event;
-  6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic.
+  6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic;
+  7. the sink alone on the upserted current-state tables (qms.incident and its members,
+     qms.golden_record), each on a copy of this repetition's records against (c) a COPY of the
+     rows it stored (bench.sink_tables).
 Each step runs alone, so the two cores are not shared between measurements. Rates are unique
 events (rows) per second of wall time to carry the whole input, duplicates included.
 Then, once each: latency at fixed offered rates (bench.latency), throughput by workers and
@@ -47,6 +50,7 @@ from confluent_kafka.cimpl import NewTopic
 from bench.machine import machine, versions
 from bench.plot import plot, plot_more
 from bench.results_model import Run, check_targets, format_table, medians, result_document
+from bench.sink_tables import GROUPS, settle_correlation, sink_table
 from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.rows import QUALITY_EVENT_COLUMNS, quality_event_row
 from qmsflow.contracts import AvroCodec, open_registry
@@ -341,6 +345,14 @@ def _delete_topics(settings: Settings) -> None:
                 print(f"  could not delete a topic: {error}")
 
 
+def _print_run(name: str, run: Run, timeout: float) -> None:
+    flag = "" if run.completed else f"  (INCOMPLETE after {timeout:.0f} s)"
+    steady = run.steady_per_second
+    after_first = "" if steady is None else f"  ({steady:,.0f}/s after the first)"
+    rate = f"{run.per_second:>10,.0f}/s  {run.seconds:6.1f} s"
+    print(f"  {name:<12} {rate}{after_first}{flag}")
+
+
 def repetition(
     base: Settings, rep: int, events: int, timeout: float
 ) -> tuple[list[Run], dict[str, Any]]:
@@ -374,12 +386,23 @@ def repetition(
         for name, step in steps:
             run = step()
             runs.append(run)
-            flag = "" if run.completed else f"  (INCOMPLETE after {timeout:.0f} s)"
-            steady = run.steady_per_second
-            after_first = "" if steady is None else f"  ({steady:,.0f}/s after the first)"
-            rate = f"{run.per_second:>10,.0f}/s  {run.seconds:6.1f} s"
-            print(f"  {name:<12} {rate}{after_first}{flag}")
-        info = {"prefix": prefix, "sent": sent, "unique": unique, "produce_seconds": produced}
+            _print_run(name, run, timeout)
+        settled = settle_correlation(settings, env, logs, timeout)
+        print(f"  worker restarted until correlation read every event: {settled:.1f} s")
+        tables = []
+        for group in GROUPS:
+            table_runs, table_info = sink_table(settings, group, rep, timeout, logs)
+            runs += table_runs
+            tables.append(table_info)
+            for run in table_runs:
+                _print_run(f"{run.measurement} ({table_info['rows']} rows)", run, timeout)
+        info = {
+            "prefix": prefix,
+            "sent": sent,
+            "unique": unique,
+            "produce_seconds": produced,
+            "upserted_tables": tables,
+        }
         return runs, info
     finally:
         _delete_topics(settings)
@@ -445,6 +468,10 @@ def main() -> None:
             "rates: unique events (rows) per second of wall time to carry the whole input",
             "e2e and naive Faust include process start-up and consumer-group join",
             "COPY: one COPY of the canonical rows into a table LIKE qms.quality_event",
+            "upserted tables (sink_incident, sink_golden_record): rows stored per second from"
+            " the first record copied to a joined sink until its offsets cover them (start-up"
+            " not included); copy_*: one COPY of the same stored rows into tables LIKE the real"
+            " ones; records and rows per table in parameters.repetitions[].upserted_tables",
             "the machine is shared: other engineers' tests ran during this bench (load average)",
         ],
     )
@@ -481,6 +508,6 @@ def main() -> None:
         print(latency_check(extra["latency"]))
     if "state" in extra:
         print(state_check(extra["state"]))
-    print("worker RSS flat (±10%) over 10 minutes: not measured (no 10-minute run in make bench)")
+    print("worker RSS flat (±10%) over 10 minutes: see `make soak` (not part of make bench)")
     written = [json_path, png_path, *([more_png] if extra else [])]
     print("\nwrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench.results_model import (
+    LABELS,
     SCHEMA_VERSION,
     Run,
     check_targets,
@@ -17,6 +18,7 @@ from bench.results_model import (
     ratio,
     result_document,
     runs_from_document,
+    table,
 )
 
 
@@ -136,3 +138,41 @@ class TestResultDocument:
         """A result file of another shape is named, not misread."""
         with pytest.raises(ValueError, match="schema_version: expected 1, got 99"):
             runs_from_document({"schema_version": 99, "runs": []})
+
+
+class TestUpsertedTables:
+    def _runs(self) -> list[Run]:
+        return [
+            Run("sink_alone", 0, 1000, 0.5),
+            Run("copy", 0, 1000, 0.1),
+            Run("sink_incident", 0, 300, 0.5),
+            Run("copy_incident", 0, 300, 0.05),
+            Run("sink_golden_record", 0, 700, 0.2),
+            Run("copy_golden_record", 0, 700, 0.35),
+        ]
+
+    def test_each_upserted_table_is_held_against_the_copy_of_its_own_rows(self) -> None:
+        """Sink ÷ COPY per table: 600/6,000 = 0.1 missed; 3,500/2,000 = 1.75 met."""
+        checks = {c.target: c for c in check_targets(medians(self._runs()))}
+        incident = checks["sink ÷ raw COPY (qms.incident)"]
+        golden = checks["sink ÷ raw COPY (qms.golden_record)"]
+        assert incident.measured == pytest.approx(0.1)
+        assert not incident.met
+        assert golden.measured == pytest.approx(1.75)
+        assert golden.met
+        assert checks["sink ÷ raw COPY"].measured == pytest.approx(0.2)
+
+    def test_table_rows_of_upserted_tables_have_no_kafka_ratios(self) -> None:
+        """A Postgres row is compared with its own COPY only, not with (a) or (b)."""
+        rates = {**medians(self._runs()), "naive_faust": 100.0, "passthrough": 1000.0}
+        rows = {label: (naive, bound) for label, _, naive, bound in table(rates)}
+        assert rows[LABELS["sink_incident"]][0] is None
+        assert rows[LABELS["sink_incident"]][1] == pytest.approx(0.1)
+        assert rows[LABELS["copy_golden_record"]][0] is None
+        assert rows[LABELS["copy_golden_record"]][1] == pytest.approx(1.0)
+
+    def test_results_without_upserted_tables_check_only_the_event_table(self) -> None:
+        """Older result files (no upserted tables) keep their three target lines."""
+        older = [r for r in self._runs() if r.measurement in ("sink_alone", "copy")]
+        names = [c.target for c in check_targets(medians(older))]
+        assert names == ["end-to-end events/s", "end-to-end ÷ naive Faust", "sink ÷ raw COPY"]

@@ -57,7 +57,7 @@ class TestLatency:
 class TestScale:
     def test_rates_are_set_against_the_one_worker_baseline(self) -> None:
         """Each configuration's rate is shown as a multiple of 1 worker on the packaged count."""
-        results = [
+        results: list[dict[str, Any]] = [
             {
                 "workers": 1,
                 "partitions": 6,
