@@ -127,8 +127,7 @@ class Settings(BaseSettings):
         ge=1,
         description="QMSFLOW_STREAM_BATCH_MAX: most records the ingest and quality agents "
         "handle per batch (one produce request, one wait for acknowledgements); 1 handles each "
-        "record on its own, without Faust's take buffer (slower; it lost events in the "
-        "rebalance chaos scenario, see the README's limits).",
+        "record on its own, without Faust's take buffer.",
     )
     tick_interval: float = Field(
         default=5.0,

@@ -20,23 +20,6 @@ awaits them together, only then writes its tables, and the records are acked aft
 retry or a crash redoes the whole batch; its outputs are deterministic, so a republished record
 is absorbed downstream exactly as a single redelivered record is. One producer keeps the order of
 records sent to a partition, so a product line's outputs keep their input order.
-
-Rebalances: only records read in the current consumer generation, while records flow, are
-handled and acked (`guard_acks`, `acknowledgeable`). Faust forgets a revoked partition's acks and
-committed offset when the revocation starts, then still takes acks for it (of batches finishing,
-and of the records its streams skip while the flow is suspended) and, not knowing the committed
-offset, commits the first run of acked offsets wherever it starts. Records Faust fetched but
-dropped around a rebalance are never handed to the agent, so that run can start past them: the
-rebalance storm (chaos scenario 5) committed offsets past 6 to 120 of 8,000 events that no worker
-had handled. A record read before the rebalance is therefore neither handled nor acked: its
-partition's owner, this worker again or another, re-reads it from the committed offset (a
-duplicate at worst). A commit also never passes an unacked record at the committed offset: it
-waits, logging a warning, and the partition is read again from that record (the records after
-it are handled twice, absorbed like any redelivery).
-OPEN (README, Current limits): the per-record path (`consume`, and QMSFLOW_STREAM_BATCH_MAX=1)
-still lost 233 and 238 of 8,000 events in the storm with this guard, its offsets committed to the
-end; not yet explained. A hole while Faust knows no committed offset (before a group's first
-commit) is not caught either: Faust then commits the first acked run wherever it starts.
 """
 
 from __future__ import annotations
@@ -64,8 +47,6 @@ BATCH_MAX = 1000
 #: seconds a partly filled batch waits for more records: the latency a quiet partition pays;
 #: under load batches fill while the previous one is being delivered, so this rarely applies
 BATCH_WITHIN = 0.005
-#: seconds before a partition stuck behind an unacked record is sought back to it once more
-REREAD_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,97 +69,6 @@ def is_transient(error: BaseException) -> bool:
     # aiokafka's KafkaTimeoutError (a send not acknowledged in time) is not marked retriable,
     # but a slow or failing-over broker is exactly what a retry is for.
     return isinstance(error, TimeoutError | ConnectionError | KafkaTimeoutError)
-
-
-def acknowledgeable(read_in: int | None, generation: int | None, flowing: bool) -> bool:
-    """Whether a record read in consumer generation `read_in` may be handled and acked now.
-
-    Not while a rebalance suspends the flow, nor once a new generation began: Faust dropped the
-    partition's acked offsets and committed offset at revocation, so such an ack could let a
-    commit pass records of the partition that were never processed.
-    """
-    return flowing and read_in == generation
-
-
-def unacked_at_commit(acked: Sequence[int], committed: int | None) -> bool:
-    """Whether the record at the committed offset is still unacked while later ones are acked.
-
-    Then nothing may be committed: the commit would pass a record that was never handled.
-    """
-    return committed is not None and bool(acked) and min(acked) > committed
-
-
-def current(app: faust.App, event: Any) -> bool:
-    """Whether `event` was read in the app's current generation and records are flowing."""
-    return acknowledgeable(
-        event.message.generation_id, app.consumer_generation_id, app.flow_control.is_active()
-    )
-
-
-def guard_acks(app: faust.App) -> None:
-    """Make the app's consumer refuse acks of records read before the current rebalance.
-
-    Guards Faust's own acks too: its streams ack the records they skip during a rebalance. A
-    refused record leaves the pending set, so the revocation does not wait for it. Commits also
-    stop at an unacked record at the committed offset (Faust's gap check lets a commit pass
-    exactly one such record: `min(acked) - committed > 1`) and the partition is sought back to
-    it: a record Faust fetched but never handed to the agent is otherwise not read again until
-    the next rebalance or restart.
-    """
-    consumer: Any = app.consumer
-    if getattr(consumer, "qmsflow_guarded_acks", False):
-        return
-    faust_ack = consumer.ack
-
-    def ack(message: Any) -> bool:
-        if acknowledgeable(
-            message.generation_id, app.consumer_generation_id, app.flow_control.is_active()
-        ):
-            return bool(faust_ack(message))
-        consumer._unacked_messages.discard(message)
-        log.debug("no ack for %s[%s]@%s: read before a rebalance", *_coordinates(message))
-        return False
-
-    faust_new_offset = consumer._new_offset
-    rereads: dict[Any, tuple[int, float]] = {}  # partition → (offset, when) of the last re-read
-    seeking: set[asyncio.Task[None]] = set()
-
-    async def reread(tp: Any, offset: int) -> None:
-        try:
-            await consumer.seek(tp, offset)
-        except Exception:  # revoked meanwhile: its new owner reads it from the committed offset
-            log.warning("could not re-read %s from %s", tp, offset, exc_info=True)
-
-    def new_offset(tp: Any) -> int | None:
-        acked, committed = consumer._acked[tp], consumer._committed_offset[tp]
-        # Faust's gaps are offsets with no record (transaction markers), nothing to wait for
-        if unacked_at_commit(acked, committed) and not consumer._gap[tp].overlaps(committed):
-            now = asyncio.get_running_loop().time()
-            offset, when = rereads.get(tp, (-1, 0.0))
-            if offset != committed or now - when > REREAD_AFTER:
-                # the record was never handed to the agent: read the partition again from it
-                log.warning("not committing %s past %s: re-reading it from there", tp, committed)
-                rereads[tp] = (committed, now)
-                task = asyncio.ensure_future(reread(tp, committed))
-                seeking.add(task)
-                task.add_done_callback(seeking.discard)
-            return None
-        return faust_new_offset(tp)  # type: ignore[no-any-return]
-
-    consumer.ack = ack
-    consumer._new_offset = new_offset
-    consumer.qmsflow_guarded_acks = True
-
-
-def _coordinates(message: Any) -> tuple[str, int, int]:
-    return message.topic, message.partition, message.offset
-
-
-def release(app: faust.App, events: Sequence[Any]) -> None:
-    """Stop tracking `events` unacked, so a revocation does not wait for records nobody handles."""
-    pending: Any = app.consumer._unacked_messages  # type: ignore[attr-defined]
-    for event in events:
-        pending.discard(event.message)
 
 
 async def consume(
@@ -205,12 +95,8 @@ async def _consume_events(
     on_failure: Callable[[], None],
     policy: RetryPolicy,
 ) -> None:
-    guard_acks(app)
     manual: Any = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
     async for event in manual.events():
-        if not current(app, event):
-            release(app, [event])  # read before a rebalance: the partition's owner re-reads it
-            continue
         delays = iter(policy.delays())
         while True:
             try:
@@ -255,8 +141,7 @@ async def consume_batches(
     """Run `handle(events)` for batches of `stream`'s events, following the module's protocol.
 
     With `max_records` 1 each record is its own batch, read as `consume` reads it (no take
-    buffer): the same handler then runs with per-record delivery (slower, and see the OPEN
-    note above: not safer under rebalances).
+    buffer): the same handler then runs with per-record delivery, the safe fallback.
     """
     if max_records <= 1:
 
@@ -265,14 +150,8 @@ async def consume_batches(
 
         await _consume_events(app, stream, one_at_a_time, on_failure=on_failure, policy=policy)
         return
-    guard_acks(app)
     batches: Any = stream.noack_take(max_records, within)  # type: ignore[attr-defined]
-    async for taken in batches:
-        # the take buffer may hold records read before a rebalance: the owner re-reads them
-        events = [event for event in taken if current(app, event)]
-        release(app, [event for event in taken if not current(app, event)])
-        if not events:
-            continue
+    async for events in batches:
         delays = iter(policy.delays())
         while True:
             try:
