@@ -40,6 +40,69 @@ def _restart(kafka: LocalKafka) -> None:
     kafka.up(_quiet)
 
 
+def _outage(
+    *,
+    scenario: str,
+    server: str,
+    down_seconds: float,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    kafka_bootstrap: str,
+    postgres_dsn: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    record_ledger: Callable[..., None],
+) -> None:
+    """Stop a server mid-run while traffic flows, start it again, and take the ledger.
+
+    The server goes down once a quarter of the rows are in and stays down `down_seconds`;
+    nothing may exit, be lost or doubled.
+    """
+    started = time.monotonic()
+    settings = scenario_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
+    source = DemoSource(settings, zlib.crc32(topic_prefix.encode()), EVENTS)
+    pipeline = ChaosPipeline(settings, tmp_path)
+    events = settings.topic("quality.events.v1")
+    sender = threading.Thread(target=source.send, args=(source.records,), kwargs={"rate": RATE})
+    try:
+        pipeline.start_worker()
+        pipeline.start_sink()
+        sender.start()
+        wait_for(
+            lambda: count_rows(postgres_dsn, "qms.quality_event", events) >= EVENTS // 4,
+            timeout=300,
+            what="a quarter of the rows",
+            alive=pipeline.assert_alive,
+        )
+        rows_at_stop = count_rows(postgres_dsn, "qms.quality_event", events)
+        stop()
+        stopped = time.monotonic()
+        time.sleep(down_seconds)
+        start()
+        down_for = time.monotonic() - stopped
+        time.sleep(5)  # a process that waited reconnects now; one that gave up has exited
+        exited = pipeline.restart_exited()
+        sender.join()
+        account = settle(
+            pipeline,
+            scenario=scenario,
+            produced=source.sent,
+            unique_ids=source.unique_ids,
+            poison=0,
+            timeout=120 + EVENTS / 100,
+        )
+    finally:
+        start()  # idempotent: the server is up again even when the scenario failed midway
+        if sender.ident is not None:  # started
+            sender.join()
+        pipeline.stop()
+    account.figures[f"{server} down, seconds"] = down_for
+    account.figures["rows when stopped"] = rows_at_stop
+    account.notes["exited during the outage, restarted"] = ", ".join(exited) or "none"
+    record_ledger(account, seconds=time.monotonic() - started, passed_checks=not exited)
+    assert not exited, f"{exited} exited instead of waiting for the server"
+
+
 class TestPostgresOutage:
     def test_the_sink_waits_for_postgres_and_resumes_exactly(
         self,
@@ -51,48 +114,18 @@ class TestPostgresOutage:
         record_ledger: Callable[..., None],
     ) -> None:
         """Postgres stops for 30 s while traffic flows; afterwards nothing is lost or doubled."""
-        started = time.monotonic()
-        settings = scenario_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
-        source = DemoSource(settings, zlib.crc32(topic_prefix.encode()), EVENTS)
-        pipeline = ChaosPipeline(settings, tmp_path)
-        events = settings.topic("quality.events.v1")
-        sender = threading.Thread(target=source.send, args=(source.records,), kwargs={"rate": RATE})
-        try:
-            pipeline.start_worker()
-            pipeline.start_sink()
-            sender.start()
-            wait_for(
-                lambda: count_rows(postgres_dsn, "qms.quality_event", events) >= EVENTS // 4,
-                timeout=300,
-                what="a quarter of the rows",
-                alive=pipeline.assert_alive,
-            )
-            rows_at_stop = count_rows(postgres_dsn, "qms.quality_event", events)
-            chaos_postgres.down(_quiet)
-            stopped = time.monotonic()
-            time.sleep(POSTGRES_DOWN)
-            chaos_postgres.up(_quiet)
-            down_for = time.monotonic() - stopped
-            time.sleep(5)  # a sink that waited reconnects now; one that gave up has exited
-            exited = pipeline.restart_exited()
-            sender.join()
-            account = settle(
-                pipeline,
-                scenario="3 Postgres stopped mid-run",
-                produced=source.sent,
-                unique_ids=source.unique_ids,
-                poison=0,
-                timeout=120 + EVENTS / 100,
-            )
-        finally:
-            sender.join()
-            pipeline.stop()
-            chaos_postgres.up(_quiet)
-        account.figures["Postgres down, seconds"] = down_for
-        account.figures["rows when stopped"] = rows_at_stop
-        account.notes["exited during the outage, restarted"] = ", ".join(exited) or "none"
-        record_ledger(account, seconds=time.monotonic() - started, passed_checks=not exited)
-        assert not exited, f"{exited} exited instead of waiting for the server"
+        _outage(
+            scenario="3 Postgres stopped mid-run",
+            server="Postgres",
+            down_seconds=POSTGRES_DOWN,
+            stop=lambda: chaos_postgres.down(_quiet),
+            start=lambda: chaos_postgres.up(_quiet),
+            kafka_bootstrap=kafka_bootstrap,
+            postgres_dsn=postgres_dsn,
+            topic_prefix=topic_prefix,
+            tmp_path=tmp_path,
+            record_ledger=record_ledger,
+        )
 
 
 class TestBrokerOutage:
@@ -106,45 +139,15 @@ class TestBrokerOutage:
         record_ledger: Callable[..., None],
     ) -> None:
         """The only broker stops and restarts while traffic flows; every record ends up once."""
-        started = time.monotonic()
-        settings = scenario_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
-        source = DemoSource(settings, zlib.crc32(topic_prefix.encode()), EVENTS)
-        pipeline = ChaosPipeline(settings, tmp_path)
-        events = settings.topic("quality.events.v1")
-        sender = threading.Thread(target=source.send, args=(source.records,), kwargs={"rate": RATE})
-        try:
-            pipeline.start_worker()
-            pipeline.start_sink()
-            sender.start()
-            wait_for(
-                lambda: count_rows(postgres_dsn, "qms.quality_event", events) >= EVENTS // 4,
-                timeout=300,
-                what="a quarter of the rows",
-                alive=pipeline.assert_alive,
-            )
-            rows_at_stop = count_rows(postgres_dsn, "qms.quality_event", events)
-            chaos_kafka.down(_quiet)
-            stopped = time.monotonic()
-            time.sleep(BROKER_DOWN)
-            _restart(chaos_kafka)
-            down_for = time.monotonic() - stopped
-            time.sleep(5)
-            exited = pipeline.restart_exited()
-            sender.join()
-            account = settle(
-                pipeline,
-                scenario="2 broker stopped and restarted",
-                produced=source.sent,
-                unique_ids=source.unique_ids,
-                poison=0,
-                timeout=120 + EVENTS / 100,
-            )
-        finally:
-            _restart(chaos_kafka)
-            sender.join()
-            pipeline.stop()
-        account.figures["broker down, seconds"] = down_for
-        account.figures["rows when stopped"] = rows_at_stop
-        account.notes["exited during the outage, restarted"] = ", ".join(exited) or "none"
-        record_ledger(account, seconds=time.monotonic() - started, passed_checks=not exited)
-        assert not exited, f"{exited} exited instead of waiting for the server"
+        _outage(
+            scenario="2 broker stopped and restarted",
+            server="broker",
+            down_seconds=BROKER_DOWN,
+            stop=lambda: chaos_kafka.down(_quiet),
+            start=lambda: _restart(chaos_kafka),
+            kafka_bootstrap=kafka_bootstrap,
+            postgres_dsn=postgres_dsn,
+            topic_prefix=topic_prefix,
+            tmp_path=tmp_path,
+            record_ledger=record_ledger,
+        )
