@@ -111,7 +111,10 @@ def wait_for(
     alive: Callable[[], None] | None = None,
     interval: float = 0.5,
 ) -> None:
-    """Poll until `condition` holds; fail naming `what` after `timeout` seconds."""
+    """Poll until `condition` holds; fail naming `what` after `timeout` seconds.
+
+    When `alive` is a PipelineProcesses' check, the failure carries the tail of their logs.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if alive is not None:
@@ -119,7 +122,11 @@ def wait_for(
         if condition():
             return
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    message = f"timed out after {timeout:.0f} s waiting for {what}"
+    processes = getattr(alive, "__self__", None)
+    if isinstance(processes, PipelineProcesses):  # the processes' own words say why
+        message += "\n" + processes.log_tail()
+    raise AssertionError(message)
 
 
 def count_rows(dsn: str, table: str, kafka_topic: str) -> int:

@@ -36,7 +36,7 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in ms
 #: materials feeds no golden record and must be ignored
 TABLES = ("cmms.asset", "qms.equipment_status", "erp.supplier", "erp.bom")
 #: worker start-up (Faust, table recovery) plus the first records through the sink
-START_TIMEOUT = 120.0
+START_TIMEOUT = 180.0
 STEP_TIMEOUT = 60.0
 
 
@@ -106,6 +106,14 @@ def _running_pipeline(
     ]
     for future in admin.create_topics(wanted, operation_timeout=30).values():
         future.result()
+    # The worker declares its master-data agent on the CDC topics the broker lists at start-up;
+    # a just-created topic can be missing from that list on a busy broker for a moment.
+    cdc_names = {t.topic for t in wanted}
+    wait_for(
+        lambda: cdc_names <= set(admin.list_topics(timeout=10).topics),
+        timeout=STEP_TIMEOUT,
+        what=f"the broker to list {sorted(cdc_names)}",
+    )
     migrate(postgres_dsn, echo=lambda _line: None)
     processes = PipelineProcesses(
         settings, environment(settings, kafka_bootstrap, postgres_dsn), logs
