@@ -27,6 +27,7 @@ from streams.correlate import register_correlate_agent
 from streams.golden_records import register_golden_record_agent
 from streams.ingest import register_ingest_agent
 from streams.master_data import MasterDataFeed
+from streams.offset_guard import GuardedApp
 from streams.quality import register_quality_agent
 from streams.ticks import register_ticks
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings) -> faust.App:
     catalog = load_catalog()
     datadir = settings.stack_dir / "faust" / f"{settings.topic_prefix}{settings.app_id}"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = GuardedApp(  # its consumer commits only past records handled in order
         f"{settings.topic_prefix}{settings.app_id}",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=faust_broker_credentials(settings),  # None: PLAINTEXT

@@ -20,6 +20,11 @@ awaits them together, only then writes its tables, and the records are acked aft
 retry or a crash redoes the whole batch; its outputs are deterministic, so a republished record
 is absorbed downstream exactly as a single redelivered record is. One producer keeps the order of
 records sent to a partition, so a product line's outputs keep their input order.
+
+Both ask the app's `OffsetGuard` before handling a record: only records of the current
+consumer generation, in offset order, are handled, and only their acks move a committed offset
+(Faust's own bookkeeping lets a rebalance commit past records nobody handled; see
+`streams/offset_guard.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from aiokafka.errors import KafkaTimeoutError
 from faust.streams import _current_event
 
 from qmsflow import telemetry
+from streams.offset_guard import offset_guard
 from streams.outbox import CONTENT_TYPE, Outbox
 
 log = logging.getLogger(__name__)
@@ -95,8 +101,12 @@ async def _consume_events(
     on_failure: Callable[[], None],
     policy: RetryPolicy,
 ) -> None:
+    guard = offset_guard(app)
+    reader = guard.reader()
     manual: Any = stream.noack()  # type: ignore[attr-defined]  # on Stream, not on StreamT
     async for event in manual.events():
+        if not await guard.admit(event, reader):
+            continue
         delays = iter(policy.delays())
         while True:
             try:
@@ -150,8 +160,13 @@ async def consume_batches(
 
         await _consume_events(app, stream, one_at_a_time, on_failure=on_failure, policy=policy)
         return
+    guard = offset_guard(app)
+    reader = guard.reader()
     batches: Any = stream.noack_take(max_records, within)  # type: ignore[attr-defined]
-    async for events in batches:
+    async for taken in batches:
+        events = [event for event in taken if await guard.admit(event, reader)]
+        if not events:
+            continue
         delays = iter(policy.delays())
         while True:
             try:
