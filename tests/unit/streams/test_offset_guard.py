@@ -7,6 +7,7 @@ rule itself is the guard's real code.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -349,3 +350,27 @@ class TestReadOffsets:
     ) -> None:
         """The drain loop binds the map when it starts, so the guard must be installed first."""
         assert isinstance(consumer._read_offset, ReadOffsets)  # type: ignore[attr-defined]
+
+
+class TestFaustInternals:
+    """The Faust internals the guard replaces or relies on.
+
+    A Faust upgrade that moves them fails here, not silently in a rebalance.
+    """
+
+    def test_the_drain_loop_reads_the_consumers_read_offsets(self) -> None:
+        """`ReadOffsets` works only while the drain loop reads `_read_offset` by item."""
+        from faust.transport.consumer import Consumer
+
+        source = inspect.getsource(Consumer._drain_messages)
+        assert "self._read_offset.__getitem__" in source
+        assert "offset >= r_offset" in source
+
+    def test_commits_and_acks_go_through_the_methods_the_guard_wraps(self) -> None:
+        """The final ack reaches `consumer.ack`; commits ask `_new_offset` per partition."""
+        from faust.transport.consumer import Consumer
+        from faust.types.tuples import ConsumerMessage
+
+        assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
+        assert "self._new_offset(tp)" in inspect.getsource(Consumer._filter_committable_offsets)
+        assert "self._committed_offset.update" in inspect.getsource(Consumer.perform_seek)
