@@ -130,6 +130,7 @@ class OffsetGuard:
         self._admitted: weakref.WeakSet[Any] = weakref.WeakSet()
         self._marked: weakref.WeakSet[Any] = weakref.WeakSet()  # refused by some agent
         self._holes_topics: set[str] = set()
+        self._guarded_topics: set[str] = set()  # topics whose agents ask `admit`
         self._readers = itertools.count()
         self._consumer: Any = None
 
@@ -184,6 +185,14 @@ class OffsetGuard:
             self._admitted.discard(message)
             return True
         self.counts.refused_acks += 1
+        if message.topic not in self._guarded_topics:
+            # an agent that does not admit through the guard never commits: say so, once
+            self._guarded_topics.add(message.topic)
+            log.warning(
+                "acks on %s are not counted: its agent does not admit records through the "
+                "offset guard (streams.processing.consume / consume_batches)",
+                message.topic,
+            )
         return False
 
     def commit_head_ok(self, tp: Any) -> bool:
@@ -211,6 +220,7 @@ class OffsetGuard:
         if self._consumer is None:
             raise RuntimeError("the offset guard is not installed: build the app as GuardedApp")
         message = event.message
+        self._guarded_topics.add(message.topic)
         generation = self._flowing_generation()
         run = None
         if generation is not None and message.generation_id == generation:

@@ -252,6 +252,17 @@ class TestAcks:
         assert consumer.counted == [100]
         assert skipped.message.acked  # recorded as acked, so Faust does not wait for it
 
+    def test_acks_of_a_topic_no_agent_admits_are_refused_with_a_warning(
+        self, guard: OffsetGuard, consumer: FakeConsumer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An agent bypassing the guard would never commit: the log says why, once."""
+        unguarded = FakeTP("quality.alerts.v1", 0)
+        for offset in (0, 1):
+            assert FakeEvent(FakeMessage(offset, 7, tp=unguarded), consumer).ack() is False
+        warnings = [r for r in caplog.records if "not counted" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "quality.alerts.v1" in warnings[0].getMessage()
+
     def test_an_ack_after_the_generation_changed_does_not_count(
         self, guard: OffsetGuard, app: FakeApp, consumer: FakeConsumer
     ) -> None:
