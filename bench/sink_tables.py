@@ -13,10 +13,10 @@ real worker's and loader's output, encoded as in production):
      tables LIKE the real ones (primary keys and indexes included), timed alone.
 Rates are rows per second, the rows being those a clean table holds afterwards (one per key);
 the records/row ratio (several views of one incident, a republished golden record) is in the
-JSON, with the rows actually stored under the scratch prefix: qms.incident is keyed by
-incident_id alone, derived from the root cause, so other environments sharing the database may
-already hold a row for the same incident and the sink's upsert then leaves theirs (same work,
-fewer rows under this prefix). The scratch topics are deleted afterwards.
+JSON, with the rows actually stored under the scratch prefix: both tables are keyed by
+environment (migrations 0011 and 0014), so the copied records never meet the rows other
+environments sharing the database hold for the same incident or entity. The scratch topics are
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from psycopg import sql
 
 from bench.results_model import Measurement, Run
 from connectors.postgres_sink.rows import BINDINGS, Row, TableWrite
@@ -284,22 +283,6 @@ def settle_correlation(
     return time.monotonic() - started
 
 
-def _forget_source_rows(source: Settings, group: TableGroup) -> None:
-    """Delete the rows the repetition's own sinks stored from the group's topics.
-
-    Incident ids are derived from the root cause, not the environment, so the copied records
-    would otherwise meet their own rows and upsert nothing. Members first (they refer to
-    their incident). Only rows of this repetition's topics are touched.
-    """
-    topics = [source.topic(t) for t in group.topics]
-    with psycopg.connect(source.dsn) as conn:
-        for write in reversed(group.writes()):
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE kafka_topic = ANY(%s)").format(sql.SQL(write.table)),
-                (topics,),
-            )
-
-
 def sink_table(
     source: Settings, group: TableGroup, rep: int, timeout: float, logs: Path
 ) -> tuple[list[Run], dict[str, Any]]:
@@ -312,7 +295,6 @@ def sink_table(
     if not sent:
         print(f"  {group.name}: no records on {', '.join(group.topics)}; not measured")
         return [], {"table": group.name, "records": 0, "rows": 0, "records_per_row": None}
-    _forget_source_rows(source, group)
     create_topics(settings, load_catalog(), echo=lambda _line: None)
     env = {
         **environment(settings, settings.bootstrap_servers, settings.dsn),

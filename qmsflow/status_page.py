@@ -272,7 +272,7 @@ SELECT count(*) FROM qms.parked_event p
 """
 _OPEN_INCIDENTS = """
 SELECT incident_id::text, root_cause_key, severity, member_count, product_line, opened_at
-  FROM qms.incident WHERE status = 'open' AND kafka_topic = %s
+  FROM qms.incident WHERE status = 'open' AND environment = %s
  ORDER BY member_count DESC, opened_at, incident_id LIMIT %s
 """
 
@@ -307,9 +307,9 @@ def read_sla_counts(
             ).fetchone() or (0,)
         else:
             (outputs,) = conn.execute(
-                "SELECT count(*) FROM qms.incident WHERE kafka_topic = %s"
+                "SELECT count(*) FROM qms.incident WHERE environment = %s"
                 " AND %s = ANY(event_types)",
-                (settings.topic("quality.incidents.v1"), rule.event_type),
+                (settings.topic_prefix, rule.event_type),
             ).fetchone() or (0,)
         counts.append(SlaCounts(rule.name, rule.interface, int(breaches), int(outputs)))
     return counts
@@ -328,14 +328,14 @@ def read_snapshot(settings: Settings, rules: SlaRules | None = None) -> Snapshot
         (parked,) = conn.execute(
             _PARKED_NOW, {"topic": settings.topic("quality.parked.v1")}
         ).fetchone() or (0,)
-        incident_topic = settings.topic("quality.incidents.v1")
+        # incidents are keyed by environment (migration 0014), which leads their indexes
         (open_count,) = conn.execute(
-            "SELECT count(*) FROM qms.incident WHERE status = 'open' AND kafka_topic = %s",
-            (incident_topic,),
+            "SELECT count(*) FROM qms.incident WHERE status = 'open' AND environment = %s",
+            (settings.topic_prefix,),
         ).fetchone() or (0,)
         incidents = tuple(
             IncidentRow(*row)
-            for row in conn.execute(_OPEN_INCIDENTS, (incident_topic, OPEN_INCIDENTS_SHOWN))
+            for row in conn.execute(_OPEN_INCIDENTS, (settings.topic_prefix, OPEN_INCIDENTS_SHOWN))
         )
         sla = tuple(read_sla_counts(conn, settings, rules or load_sla_rules()))
     return Snapshot(

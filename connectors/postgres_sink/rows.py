@@ -279,7 +279,7 @@ def _lineage(at: Coordinates) -> Row:
 
 
 def _environment(at: Coordinates, topic: str) -> str:
-    """The topic prefix `at` was read under: the environment of master-data rows (0011)."""
+    """The topic prefix `at` was read under: the environment of golden and incident rows."""
     if not at.topic.endswith(topic):
         raise ValueError(f"topic: expected a name ending in {topic!r}, got {at.topic!r}")
     return at.topic.removesuffix(topic)
@@ -290,6 +290,7 @@ def _md_topic(kind: EntityKind) -> str:
 
 
 INCIDENT_COLUMNS = (
+    "environment",
     "incident_id",
     "root_cause_key",
     "ordinal",
@@ -311,6 +312,7 @@ INCIDENT_COLUMNS = (
 def incident_row(incident: Mapping[str, Any], at: Coordinates) -> Row:
     """A `qms.incident` row from a decoded `quality.incidents.v1` record (members aside)."""
     return (
+        _environment(at, "quality.incidents.v1"),
         _uuid(incident["incident_id"], "incident_id"),
         incident["root_cause_key"],
         _at_least(incident["ordinal"], 1, "ordinal"),
@@ -329,14 +331,15 @@ def incident_row(incident: Mapping[str, Any], at: Coordinates) -> Row:
     )
 
 
-INCIDENT_MEMBER_COLUMNS = ("incident_id", "event_id", *LINEAGE_COLUMNS)
+INCIDENT_MEMBER_COLUMNS = ("environment", "incident_id", "event_id", *LINEAGE_COLUMNS)
 
 
 def incident_member_rows(incident: Mapping[str, Any], at: Coordinates) -> list[Row]:
     """One `qms.incident_member` row per member event of a `quality.incidents.v1` record."""
+    environment = _environment(at, "quality.incidents.v1")
     incident_id = _uuid(incident["incident_id"], "incident_id")
     return [
-        (incident_id, _uuid(event_id, f"member_event_ids[{n}]"), *_lineage(at))
+        (environment, incident_id, _uuid(event_id, f"member_event_ids[{n}]"), *_lineage(at))
         for n, event_id in enumerate(incident["member_event_ids"])
     ]
 
@@ -811,7 +814,7 @@ BINDINGS: tuple[TableBinding, ...] = (
             TableWrite(
                 "qms.incident",
                 INCIDENT_COLUMNS,
-                ("incident_id",),
+                ("environment", "incident_id"),
                 _single(incident_row),
                 INCIDENT_UPSERT,
             ),
@@ -820,7 +823,7 @@ BINDINGS: tuple[TableBinding, ...] = (
             _insert_only(
                 "qms.incident_member",
                 INCIDENT_MEMBER_COLUMNS,
-                ("incident_id", "event_id"),
+                ("environment", "incident_id", "event_id"),
                 incident_member_rows,
             ),
         ),

@@ -49,10 +49,11 @@ class Scenario:
             row,
         )
 
-    def at(self) -> Coordinates:
-        """The next lineage of the scenario's own (fake) topic."""
+    def at(self, topic: str = "") -> Coordinates:
+        """The next lineage of the scenario's own (fake) topic, or of `topic` under its prefix."""
         self.offset += 1
-        return Coordinates(f"analytics-test.{self.marker}", 0, self.offset)
+        name = f"analytics-test.{self.marker}" + (f".{topic}" if topic else "")
+        return Coordinates(name, 0, self.offset)
 
     def event(self, record: str, event_type: str = "nonconformance", **fields: Any) -> str:
         """Insert one quality event of the scenario's product line; return its id."""
@@ -152,10 +153,12 @@ class TestAnalyticsViews:
         assert summary == [("0-7 days", 1, 0, 2), ("31-90 days", 1, 1, 40)]
 
     def test_incidents_with_their_members(self, scenario: Scenario) -> None:
-        """One row per loaded, non-synthetic member."""
+        """One row per loaded, non-synthetic member, under its own environment's incident."""
         s = scenario
-        real, synthetic = s.event("NC-1"), s.event("NC-2", synthetic=True)
+        real, synthetic, other = s.event("NC-1"), s.event("NC-2", synthetic=True), s.event("NC-3")
         incident = records.incident(f"lot:L-{s.marker}", members=(real, synthetic))
+        # the same incident_id in a second environment, with a member of its own
+        elsewhere = records.incident(f"lot:L-{s.marker}", members=(other,))
         from connectors.postgres_sink.rows import (
             INCIDENT_COLUMNS,
             INCIDENT_MEMBER_COLUMNS,
@@ -163,14 +166,21 @@ class TestAnalyticsViews:
             incident_row,
         )
 
-        at = s.at()
-        s._insert("qms.incident", INCIDENT_COLUMNS, incident_row(incident, at))
-        for row in incident_member_rows(incident, at):
-            s._insert("qms.incident_member", INCIDENT_MEMBER_COLUMNS, row)
+        for view, at in (
+            (incident, s.at("quality.incidents.v1")),
+            (elsewhere, s.at("validation.quality.incidents.v1")),
+        ):
+            s._insert("qms.incident", INCIDENT_COLUMNS, incident_row(view, at))
+            for row in incident_member_rows(view, at):
+                s._insert("qms.incident_member", INCIDENT_MEMBER_COLUMNS, row)
+        environment = f"analytics-test.{s.marker}."
         assert s.rows(
-            "SELECT root_cause_key, event_id::text, source_record_id FROM analytics.incident_member"
-            " WHERE root_cause_key = 'lot:L-' || %(m)s"
-        ) == [(f"lot:L-{s.marker}", real, f"NC-1-{s.marker}")]
+            "SELECT environment, root_cause_key, event_id::text, source_record_id"
+            " FROM analytics.incident_member WHERE root_cause_key = 'lot:L-' || %(m)s ORDER BY 1"
+        ) == [
+            (environment, f"lot:L-{s.marker}", real, f"NC-1-{s.marker}"),
+            (f"{environment}validation.", f"lot:L-{s.marker}", other, f"NC-3-{s.marker}"),
+        ]
 
     def test_lots_on_hold(self, scenario: Scenario) -> None:
         """Held lots show; released lots and holds triggered by synthetic events do not."""

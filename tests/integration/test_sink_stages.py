@@ -1,4 +1,8 @@
-"""The sink loads every stage output; incidents are upserted, everything else inserted once."""
+"""The sink loads every stage output; incidents are upserted, everything else inserted once.
+
+Incidents are keyed by environment (topic prefix) and incident_id (migration 0014): the same
+root cause gives the same incident_id in every environment sharing the database.
+"""
 
 from __future__ import annotations
 
@@ -119,13 +123,27 @@ def digest(dsn: str, prefix: str) -> str:
     return hashed.hexdigest()
 
 
-def incident_state(dsn: str, incident_id: str) -> tuple[Any, ...] | None:
-    with psycopg.connect(dsn) as conn:
+def incident_state(settings: Settings, incident_id: str) -> tuple[Any, ...] | None:
+    """(status, revision, member_count, kafka_offset) of this environment's incident."""
+    with psycopg.connect(settings.dsn) as conn:
         return conn.execute(
             "SELECT status, revision, member_count, kafka_offset FROM qms.incident"
-            " WHERE incident_id = %s",
-            (incident_id,),
+            " WHERE environment = %s AND incident_id = %s",
+            (settings.topic_prefix, incident_id),
         ).fetchone()
+
+
+def incident_members(settings: Settings, incident_id: str) -> set[str]:
+    """The member event ids this environment stored for one incident."""
+    with psycopg.connect(settings.dsn) as conn:
+        return {
+            event_id
+            for (event_id,) in conn.execute(
+                "SELECT event_id::text FROM qms.incident_member"
+                " WHERE environment = %s AND incident_id = %s",
+                (settings.topic_prefix, incident_id),
+            )
+        }
 
 
 class TestStageOutputsInPostgres:
@@ -162,8 +180,8 @@ class TestStageOutputsInPostgres:
         sink.wait("the first records in Postgres")
 
         id_a, id_b = incident_a["incident_id"], records.incident(cause_b)["incident_id"]
-        assert incident_state(dsn, id_a)[:3] == ("open", 2, 2)  # type: ignore[index]
-        assert incident_state(dsn, id_b)[:3] == ("open", 3, 3)  # type: ignore[index]
+        assert incident_state(settings, id_a)[:3] == ("open", 2, 2)  # type: ignore[index]
+        assert incident_state(settings, id_b)[:3] == ("open", 3, 3)  # type: ignore[index]
         with psycopg.connect(dsn) as conn:
             members = conn.execute(
                 "SELECT incident_id::text, event_id::text FROM qms.incident_member"
@@ -206,13 +224,13 @@ class TestStageOutputsInPostgres:
         assert parked == [("PARKED", parked_id), ("RELEASED", parked_id)]
 
         # a later batch: an older view arriving after the newer one changes nothing
-        stored_a = incident_state(dsn, id_a)
+        stored_a = incident_state(settings, id_a)
         older: list[Sent] = [
             ("quality.incidents.v1", b"a", records.incident(cause_a, members=members_a[:1]))
         ]
         produce(settings, older)
         sink.wait("the older incident view to be consumed")
-        assert incident_state(dsn, id_a) == stored_a
+        assert incident_state(settings, id_a) == stored_a
 
         # closing at the same revision does replace the open view
         closing: list[Sent] = [
@@ -224,10 +242,58 @@ class TestStageOutputsInPostgres:
         ]
         produce(settings, closing)
         sink.wait("the closing incident view to be consumed")
-        assert incident_state(dsn, id_a)[:3] == ("closed", 2, 2)  # type: ignore[index]
+        assert incident_state(settings, id_a)[:3] == ("closed", 2, 2)  # type: ignore[index]
 
         # the same records again: the offsets move on, not a single row changes
         before = digest(dsn, prefix)
         produce(settings, first + older + closing)
         sink.wait("the re-produced records to be consumed")
         assert digest(dsn, prefix) == before
+
+
+class TestIncidentsPerEnvironment:
+    def test_same_incident_id_in_two_environments_keeps_both_with_their_members(
+        self, kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str
+    ) -> None:
+        """Two environments' incidents of one id are two rows, each with only its own members."""
+        # nested prefixes, as production's '' is of every other: the fixture deletes both
+        production = prepared_settings(
+            kafka_bootstrap, postgres_dsn, topic_prefix, sink_batch_size=100
+        )
+        validation = prepared_settings(
+            kafka_bootstrap, postgres_dsn, f"{topic_prefix}validation.", sink_batch_size=100
+        )
+        cause = f"lot:LE-{topic_prefix}"
+        members = {
+            production.topic_prefix: records.event_ids(3, f"{cause}-production"),
+            validation.topic_prefix: records.event_ids(2, f"{cause}-validation"),
+        }
+        # production's newer view first: before migration 0014 (keyed by incident_id alone)
+        # validation's older view was refused against it and its members filed under it
+        for settings in (production, validation):
+            running = SinkThread(settings)
+            running.thread.start()
+            try:
+                view = records.incident(cause, members=members[settings.topic_prefix])
+                produce(settings, [("quality.incidents.v1", b"e", view)])
+                running.wait(f"the incident of {settings.topic_prefix!r} in Postgres")
+            finally:
+                running.stop.set()
+                running.thread.join(60)
+            assert running.error is None, running.error
+
+        incident_id = records.incident(cause)["incident_id"]
+        assert incident_state(production, incident_id)[:3] == ("open", 3, 3)  # type: ignore[index]
+        assert incident_state(validation, incident_id)[:3] == ("open", 2, 2)  # type: ignore[index]
+        for settings in (production, validation):
+            assert incident_members(settings, incident_id) == set(members[settings.topic_prefix])
+        with psycopg.connect(postgres_dsn) as conn:
+            environments = conn.execute(
+                "SELECT environment, kafka_topic FROM qms.incident WHERE incident_id = %s"
+                " AND environment LIKE %s ORDER BY environment",
+                (incident_id, f"{topic_prefix}%"),
+            ).fetchall()
+        assert environments == [
+            (production.topic_prefix, production.topic("quality.incidents.v1")),
+            (validation.topic_prefix, validation.topic("quality.incidents.v1")),
+        ]

@@ -13,7 +13,14 @@ from decimal import Decimal
 
 import pytest
 
+from connectors.postgres_sink.rows import (
+    INCIDENT_COLUMNS,
+    INCIDENT_MEMBER_COLUMNS,
+    incident_member_rows,
+    incident_row,
+)
 from tests.integration.test_analytics import NOW, Scenario, scenario
+from tests.unit.connectors import stage_records as records
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +97,27 @@ class TestSlaCompliance:
             " WHERE environment = 'analytics-test.' || %(m)s"
         )
         assert rows == [(0, 1, None)]
+
+    def test_incident_is_measured_by_the_members_of_its_own_environment(
+        self, scenario: Scenario
+    ) -> None:
+        """A canary-only incident is left out though another environment's, same id, is real."""
+        s = scenario
+        canary = s.event("LAB-C", event_type="lab_result", synthetic=True)
+        real = s.event("LAB-1", event_type="lab_result")
+        cause = f"lot:L-SLA-{s.marker}"
+        for members, topic in (
+            ((canary,), "quality.incidents.v1"),
+            ((real,), "validation.quality.incidents.v1"),
+        ):
+            view = {**records.incident(cause, members=members), "event_types": ["lab_result"]}
+            at = s.at(topic)
+            s._insert("qms.incident", INCIDENT_COLUMNS, incident_row(view, at))
+            for row in incident_member_rows(view, at):
+                s._insert("qms.incident_member", INCIDENT_MEMBER_COLUMNS, row)
+        rows = s.rows(
+            "SELECT environment, outputs FROM analytics.sla_compliance"
+            " WHERE sla = 'lab-oos-incident'"
+            " AND environment LIKE 'analytics-test.' || %(m)s || '.%%'"
+        )
+        assert rows == [(f"analytics-test.{s.marker}.validation.", 1)]

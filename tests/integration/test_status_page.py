@@ -99,12 +99,13 @@ def _seed_rows(settings: Settings) -> str:
             (uuid.uuid4(), now, now + timedelta(hours=1), settings.topic("quality.parked.v1")),
         )
         conn.execute(
-            "INSERT INTO qms.incident (incident_id, root_cause_key, ordinal, status, severity,"
-            " opened_at, last_at, member_count, suppressed_alerts, event_types, source_systems,"
-            " product_line, site, revision, kafka_topic, kafka_partition, kafka_offset)"
-            " VALUES (%s, 'lot:L-STATUS', 1, 'open', 'critical', %s, %s, 7, 6,"
-            " ARRAY['nonconformance'], ARRAY['QMS'], 'pumps', 'DE01', 7, %s, 0, 0)",
-            (incident, now, now, settings.topic("quality.incidents.v1")),
+            "INSERT INTO qms.incident (environment, incident_id, root_cause_key, ordinal,"
+            " status, severity, opened_at, last_at, member_count, suppressed_alerts,"
+            " event_types, source_systems, product_line, site, revision, kafka_topic,"
+            " kafka_partition, kafka_offset) VALUES (%s, %s, 'lot:L-STATUS', 1, 'open',"
+            " 'critical', %s, %s, 7, 6, ARRAY['nonconformance'], ARRAY['QMS'], 'pumps', 'DE01',"
+            " 7, %s, 0, 0)",
+            (settings.topic_prefix, incident, now, now, settings.topic("quality.incidents.v1")),
         )
     return incident
 

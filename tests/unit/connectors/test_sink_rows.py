@@ -33,6 +33,11 @@ CODEC = AvroCodec(FileSchemaRegistry.load(PROJECT_ROOT / "schemas" / "avro"))
 BY_TOPIC = {b.topic: b for b in BINDINGS}
 
 
+def at(topic: str) -> Coordinates:
+    """AT on `topic` itself under prefix `env.`: environment-keyed rows are read from the name."""
+    return Coordinates(f"env.{topic}", AT.partition, AT.offset)
+
+
 def binding(topic: str) -> TableBinding:
     return BY_TOPIC[topic]
 
@@ -50,7 +55,9 @@ def as_dict(write: TableWrite, row: Row) -> dict[str, Any]:
 
 def rows_of(topic: str, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     rec = decoded(topic, record)
-    return {w.table: [as_dict(w, r) for r in w.to_rows(rec, AT)] for w in binding(topic).writes}
+    return {
+        w.table: [as_dict(w, r) for r in w.to_rows(rec, at(topic))] for w in binding(topic).writes
+    }
 
 
 def migrations_sql() -> str:
@@ -69,11 +76,14 @@ class TestIncidentRows:
         assert incident["event_types"] == ["inspection_result", "nonconformance"]
         assert incident["opened_at"] == records.T0
         assert "member_event_ids" not in incident
+        lineage = at("quality.incidents.v1")
         assert (incident["kafka_topic"], incident["kafka_partition"], incident["kafka_offset"]) == (
-            AT.topic,
-            AT.partition,
-            AT.offset,
+            lineage.topic,
+            lineage.partition,
+            lineage.offset,
         )
+        assert incident["environment"] == "env."
+        assert {m["environment"] for m in rows["qms.incident_member"]} == {"env."}
         assert [m["event_id"] for m in rows["qms.incident_member"]] == [
             uuid.UUID(e) for e in members
         ]
@@ -87,13 +97,22 @@ class TestIncidentRows:
         assert incident_write.upsert.newest_first[-1] == "kafka_offset DESC"
         assert "qms.incident.revision < EXCLUDED.revision" in incident_write.upsert.replaces_when
         assert "incident_id" not in incident_write.updated_columns
-        assert member_write.upsert is None and member_write.key == ("incident_id", "event_id")
+        assert incident_write.key == ("environment", "incident_id")
+        assert member_write.upsert is None
+        assert member_write.key == ("environment", "incident_id", "event_id")
+
+    def test_incident_read_under_another_topic_is_refused(self) -> None:
+        """An incident whose topic is not quality.incidents.v1 has no environment: a ValueError."""
+        rec = decoded("quality.incidents.v1", records.incident())
+        for write in binding("quality.incidents.v1").writes:
+            with pytest.raises(ValueError, match=r"quality\.incidents\.v1"):
+                write.to_rows(rec, AT)
 
     def test_malformed_member_id_is_refused_with_its_position(self) -> None:
         """A member id that is not a UUID fails the mapping, naming the field."""
         rec = decoded("quality.incidents.v1", records.incident(members=("not-a-uuid",)))
         with pytest.raises(ValueError, match=r"member_event_ids\[0\]"):
-            binding("quality.incidents.v1").writes[1].to_rows(rec, AT)
+            binding("quality.incidents.v1").writes[1].to_rows(rec, at("quality.incidents.v1"))
 
 
 class TestOtherStageRows:
@@ -164,7 +183,7 @@ class TestOtherStageRows:
         rec = {**decoded(topic, record), field: bad}
         with pytest.raises(ValueError, match=field):
             for write in binding(topic).writes:
-                write.to_rows(rec, AT)
+                write.to_rows(rec, at(topic))
 
 
 class TestBindingsMatchTheMigrations:
