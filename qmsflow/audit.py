@@ -189,10 +189,19 @@ def _created(fields: Mapping[str, Any], *names: str) -> list[dict[str, str | Non
     ]
 
 
+def _environment_keyed(row: Mapping[str, Any], id_column: str) -> str:
+    """The record_id of a row keyed by (environment, id) (0015): production's stays the bare id.
+
+    The id is a uuid5 of content, alike in every environment: by the id alone, a second
+    environment's record would be taken for one already audited and never get its entry.
+    """
+    return f"{row['environment']}{row[id_column]}"
+
+
 def _quarantine_command(row: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry(
         record_type="quarantine_command",
-        record_id=str(row["command_id"]),
+        record_id=_environment_keyed(row, "command_id"),
         source_record_id=row["lot_id"],
         changed_by=f"{SYSTEM_USER}:quarantine",
         changed_at=row["issued_at"],
@@ -207,7 +216,7 @@ def _quarantine_command(row: Mapping[str, Any]) -> AuditEntry:
 def _escalation(row: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry(
         record_type="escalation",
-        record_id=str(row["escalation_id"]),
+        record_id=_environment_keyed(row, "escalation_id"),
         source_record_id=row["record_key"],
         changed_by=f"{SYSTEM_USER}:escalation",
         changed_at=row["escalated_at"],

@@ -277,9 +277,11 @@ SELECT
     WHERE status = 'closed' AND loaded_at >= %(since)s AND kafka_topic = %(incidents)s),
   (SELECT count(*) FROM qms.alert WHERE loaded_at >= %(since)s AND kafka_topic = %(alerts)s),
   (SELECT coalesce(sum(i.suppressed_alerts), 0) FROM qms.incident i
-    JOIN qms.alert a ON a.incident_id = i.incident_id AND i.kafka_topic = %(incidents)s
+    JOIN qms.alert a ON (a.environment, a.incident_id) = (i.environment, i.incident_id)
+      AND i.kafka_topic = %(incidents)s
     WHERE a.loaded_at >= %(since)s AND a.kafka_topic = %(alerts)s),
-  (SELECT count(*) FROM qms.lot_hold_status h JOIN qms.quarantine_command c USING (command_id)
+  (SELECT count(*) FROM qms.lot_hold_status h
+    JOIN qms.quarantine_command c USING (environment, command_id)
     WHERE h.status = 'ON_HOLD' AND c.loaded_at >= %(since)s AND c.kafka_topic = %(commands)s),
   (SELECT count(*) FROM qms.quarantine_command
     WHERE action = 'RELEASE' AND loaded_at >= %(since)s AND kafka_topic = %(commands)s),
@@ -308,8 +310,8 @@ def read_scenario(
     """The scenario lot's newest incident of this run and its quarantine commands."""
     row = conn.execute(
         "SELECT i.incident_id::text, i.member_count, i.suppressed_alerts, i.source_systems,"
-        " (SELECT count(*) FROM qms.alert a WHERE a.incident_id = i.incident_id"
-        " AND a.kafka_topic = %s)"
+        " (SELECT count(*) FROM qms.alert a WHERE (a.environment, a.incident_id)"
+        " = (i.environment, i.incident_id) AND a.kafka_topic = %s)"
         " FROM qms.incident i WHERE i.root_cause_key = %s AND i.loaded_at >= %s"
         " AND i.kafka_topic = %s ORDER BY i.ordinal DESC LIMIT 1",
         (

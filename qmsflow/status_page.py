@@ -295,11 +295,11 @@ def read_sla_counts(
         ).fetchone() or (0,)
         if rule.output == "quarantine_command":
             (outputs,) = conn.execute(
-                "SELECT count(*) FROM qms.quarantine_command WHERE kafka_topic = %s"
+                "SELECT count(*) FROM qms.quarantine_command WHERE environment = %s"
                 " AND trigger_event_type = %s AND (cardinality(%s::text[]) = 0"
                 " OR action = ANY(%s::text[]))",
                 (
-                    settings.topic("inventory.quarantine-commands.v1"),
+                    settings.topic_prefix,
                     rule.event_type,
                     list(rule.actions),
                     list(rule.actions),

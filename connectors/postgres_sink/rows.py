@@ -279,7 +279,7 @@ def _lineage(at: Coordinates) -> Row:
 
 
 def _environment(at: Coordinates, topic: str) -> str:
-    """The topic prefix `at` was read under: the environment of golden and incident rows."""
+    """The topic prefix `at` was read under: the environment of golden and stage-output rows."""
     if not at.topic.endswith(topic):
         raise ValueError(f"topic: expected a name ending in {topic!r}, got {at.topic!r}")
     return at.topic.removesuffix(topic)
@@ -345,6 +345,7 @@ def incident_member_rows(incident: Mapping[str, Any], at: Coordinates) -> list[R
 
 
 ALERT_COLUMNS = (
+    "environment",
     "alert_id",
     "incident_id",
     "root_cause_key",
@@ -363,6 +364,7 @@ ALERT_COLUMNS = (
 def alert_row(alert: Mapping[str, Any], at: Coordinates) -> Row:
     """A `qms.alert` row from a decoded `quality.alerts.v1` record."""
     return (
+        _environment(at, "quality.alerts.v1"),
         _uuid(alert["alert_id"], "alert_id"),
         _uuid(alert["incident_id"], "incident_id"),
         alert["root_cause_key"],
@@ -379,6 +381,7 @@ def alert_row(alert: Mapping[str, Any], at: Coordinates) -> Row:
 
 
 QUARANTINE_COMMAND_COLUMNS = (
+    "environment",
     "command_id",
     "action",
     "lot_id",
@@ -399,6 +402,7 @@ QUARANTINE_COMMAND_COLUMNS = (
 def quarantine_command_row(command: Mapping[str, Any], at: Coordinates) -> Row:
     """A `qms.quarantine_command` row from a decoded `inventory.quarantine-commands.v1` record."""
     return (
+        _environment(at, "inventory.quarantine-commands.v1"),
         _uuid(command["command_id"], "command_id"),
         _one_of(command["action"], HOLD_ACTIONS, "action"),
         command["lot_id"],
@@ -417,6 +421,7 @@ def quarantine_command_row(command: Mapping[str, Any], at: Coordinates) -> Row:
 
 
 ESCALATION_COLUMNS = (
+    "environment",
     "escalation_id",
     "record_key",
     "event_type",
@@ -436,6 +441,7 @@ ESCALATION_COLUMNS = (
 def escalation_row(escalation: Mapping[str, Any], at: Coordinates) -> Row:
     """A `qms.escalation` row from a decoded `capa.escalations.v1` record."""
     return (
+        _environment(at, "capa.escalations.v1"),
         _uuid(escalation["escalation_id"], "escalation_id"),
         escalation["record_key"],
         _one_of(escalation["event_type"], ESCALATED_EVENT_TYPES, "event_type"),
@@ -831,7 +837,11 @@ BINDINGS: tuple[TableBinding, ...] = (
     TableBinding(
         "quality.alerts.v1",
         "quality.alerts.v1-value",
-        (_insert_only("qms.alert", ALERT_COLUMNS, "alert_id", _single(alert_row)),),
+        (
+            _insert_only(
+                "qms.alert", ALERT_COLUMNS, ("environment", "alert_id"), _single(alert_row)
+            ),
+        ),
     ),
     TableBinding(
         "inventory.quarantine-commands.v1",
@@ -840,7 +850,7 @@ BINDINGS: tuple[TableBinding, ...] = (
             _insert_only(
                 "qms.quarantine_command",
                 QUARANTINE_COMMAND_COLUMNS,
-                "command_id",
+                ("environment", "command_id"),
                 _single(quarantine_command_row),
             ),
         ),
@@ -850,7 +860,10 @@ BINDINGS: tuple[TableBinding, ...] = (
         "capa.escalations.v1-value",
         (
             _insert_only(
-                "qms.escalation", ESCALATION_COLUMNS, "escalation_id", _single(escalation_row)
+                "qms.escalation",
+                ESCALATION_COLUMNS,
+                ("environment", "escalation_id"),
+                _single(escalation_row),
             ),
         ),
     ),

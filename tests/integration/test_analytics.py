@@ -55,8 +55,10 @@ class Scenario:
         name = f"analytics-test.{self.marker}" + (f".{topic}" if topic else "")
         return Coordinates(name, 0, self.offset)
 
-    def event(self, record: str, event_type: str = "nonconformance", **fields: Any) -> str:
-        """Insert one quality event of the scenario's product line; return its id."""
+    def event(
+        self, record: str, event_type: str = "nonconformance", env: str = "", **fields: Any
+    ) -> str:
+        """Insert one quality event of the scenario's product line (in `env`); return its id."""
         event_id = str(uuid.uuid4())
         event = canonical_event(
             event_id,
@@ -68,22 +70,27 @@ class Scenario:
             **fields,
         )
         self._insert(
-            "qms.quality_event", QUALITY_EVENT_COLUMNS, quality_event_row(event, self.at())
+            "qms.quality_event",
+            QUALITY_EVENT_COLUMNS,
+            quality_event_row(event, self.at(f"{env}quality.events.v1")),
         )
         return event_id
 
-    def escalation(self, record: str, level: int, due: date) -> None:
-        """Insert an escalation of a scenario CAPA."""
+    def escalation(self, record: str, level: int, due: date, env: str = "") -> None:
+        """Insert an escalation of a scenario CAPA (in `env`, a prefix after the scenario's)."""
         key = f"QMS:{record}-{self.marker}"
         esc = {
             **records.escalation(key, level),
             "due_date": due,
             "product_line": f"pl-{self.marker}",
         }
-        self._insert("qms.escalation", ESCALATION_COLUMNS, escalation_row(esc, self.at()))
+        at = self.at(f"{env}capa.escalations.v1")
+        self._insert("qms.escalation", ESCALATION_COLUMNS, escalation_row(esc, at))
 
-    def command(self, lot: str, action: str, trigger: str, issued_at: datetime) -> None:
-        """Insert a quarantine command for a scenario lot."""
+    def command(
+        self, lot: str, action: str, trigger: str, issued_at: datetime, env: str = ""
+    ) -> None:
+        """Insert a quarantine command for a scenario lot (in `env`)."""
         cmd = {
             **records.quarantine_command(f"{lot}-{self.marker}", action),  # type: ignore[arg-type]
             "trigger_event_id": trigger,
@@ -92,7 +99,7 @@ class Scenario:
         self._insert(
             "qms.quarantine_command",
             QUARANTINE_COMMAND_COLUMNS,
-            quarantine_command_row(cmd, self.at()),
+            quarantine_command_row(cmd, self.at(f"{env}inventory.quarantine-commands.v1")),
         )
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -190,10 +197,18 @@ class TestAnalyticsViews:
         s.command("L2", "HOLD", real, NOW - timedelta(days=5))
         s.command("L2", "RELEASE", real, NOW - timedelta(days=1))
         s.command("L3", "HOLD", synthetic, NOW)
+        # the same commands (same ids) in a second environment, which also releases L1
+        s.command("L1", "HOLD", real, NOW - timedelta(days=5), env="validation.")
+        s.command("L1", "RELEASE", real, NOW - timedelta(days=2), env="validation.")
+        s.command("L2", "HOLD", real, NOW - timedelta(days=5), env="validation.")
+        environment = f"analytics-test.{s.marker}."
         assert s.rows(
-            "SELECT lot_id, days_on_hold, trigger_source_record_id FROM analytics.lot_on_hold"
-            " WHERE lot_id LIKE '%%-' || %(m)s"
-        ) == [(f"L1-{s.marker}", 5, "NCR-1042")]
+            "SELECT environment, lot_id, days_on_hold, trigger_source_record_id"
+            " FROM analytics.lot_on_hold WHERE lot_id LIKE '%%-' || %(m)s ORDER BY 1, 2"
+        ) == [
+            (environment, f"L1-{s.marker}", 5, "NCR-1042"),
+            (f"{environment}validation.", f"L2-{s.marker}", 5, "NCR-1042"),
+        ]
 
     def test_capa_ageing_and_overdue_escalations(self, scenario: Scenario) -> None:
         """Open CAPAs with days overdue and highest level; closed records drop out of both."""
@@ -213,14 +228,23 @@ class TestAnalyticsViews:
         for record in ("CAPA-1", "CAPA-2"):
             s.escalation(record, 1, TODAY - timedelta(days=10))
             s.escalation(record, 2, TODAY - timedelta(days=10))
+        # a second environment (same escalation ids) took CAPA-1 to level 3, and escalated
+        # CAPA-2, which only production closed: each environment sees its own escalations
+        for record, level in (("CAPA-1", 1), ("CAPA-1", 3), ("CAPA-2", 1)):
+            s.escalation(record, level, TODAY - timedelta(days=10), env="validation.")
         assert s.rows(
             "SELECT capa_id, owner_id, age_days, due_date, days_overdue, escalation_level"
             " FROM analytics.capa_ageing WHERE product_line = 'pl-' || %(m)s"
         ) == [(f"CAPA-1-{s.marker}", "owner1", 30, TODAY - timedelta(days=10), 10, 2)]
+        environment = f"analytics-test.{s.marker}."
         assert s.rows(
-            "SELECT record_key, level, days_overdue FROM analytics.overdue_escalation"
-            " WHERE product_line = 'pl-' || %(m)s"
-        ) == [(f"QMS:CAPA-1-{s.marker}", 2, 10)]
+            "SELECT environment, record_key, level, days_overdue FROM analytics.overdue_escalation"
+            " WHERE product_line = 'pl-' || %(m)s ORDER BY 1, 2"
+        ) == [
+            (environment, f"QMS:CAPA-1-{s.marker}", 2, 10),
+            (f"{environment}validation.", f"QMS:CAPA-1-{s.marker}", 3, 10),
+            (f"{environment}validation.", f"QMS:CAPA-2-{s.marker}", 1, 10),
+        ]
 
     def test_supplier_scorecard(self, scenario: Scenario) -> None:
         """Distinct records per type; NC rate = NCs / inspections; synthetic ignored."""

@@ -211,7 +211,8 @@ class TestBadSupplierLot:
         assert (
             _scalar(
                 postgres_dsn,
-                "SELECT status FROM qms.lot_hold_status WHERE lot_id = %s",
+                "SELECT status FROM qms.lot_hold_status WHERE environment = %s AND lot_id = %s",
+                prefix,
                 scenario.lot_id,
             )
             == "RELEASED"

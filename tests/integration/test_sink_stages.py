@@ -1,13 +1,14 @@
 """The sink loads every stage output; incidents are upserted, everything else inserted once.
 
 Incidents are keyed by environment (topic prefix) and incident_id (migration 0014): the same
-root cause gives the same incident_id in every environment sharing the database.
+root cause gives the same incident_id in every environment sharing the database. Alerts,
+quarantine commands and escalations likewise (migration 0015): their ids are uuid5s of content.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from threading import Event, Thread
 from typing import Any
 
@@ -190,13 +191,15 @@ class TestStageOutputsInPostgres:
             ).fetchall()
             holds = dict(
                 conn.execute(
-                    "SELECT lot_id, status FROM qms.lot_hold_status WHERE lot_id IN (%s, %s)",
-                    (lot_x, lot_y),
+                    "SELECT lot_id, status FROM qms.lot_hold_status"
+                    " WHERE environment = %s AND lot_id IN (%s, %s)",
+                    (prefix, lot_x, lot_y),
                 ).fetchall()
             )
             released_by = conn.execute(
-                "SELECT command_id::text, since FROM qms.lot_hold_status WHERE lot_id = %s",
-                (lot_x,),
+                "SELECT command_id::text, since FROM qms.lot_hold_status"
+                " WHERE environment = %s AND lot_id = %s",
+                (prefix, lot_x),
             ).fetchone()
             counts = {
                 table: conn.execute(
@@ -297,3 +300,91 @@ class TestIncidentsPerEnvironment:
             (production.topic_prefix, production.topic("quality.incidents.v1")),
             (validation.topic_prefix, validation.topic("quality.incidents.v1")),
         ]
+
+
+def load_in_turn(environments: list[Settings], sent: dict[str, list[Sent]]) -> None:
+    """Sink each environment's records with its own sink, one environment after the other."""
+    for settings in environments:
+        running = SinkThread(settings)
+        running.thread.start()
+        try:
+            produce(settings, sent[settings.topic_prefix])
+            running.wait(f"the records of {settings.topic_prefix!r} in Postgres")
+        finally:
+            running.stop.set()
+            running.thread.join(60)
+        assert running.error is None, running.error
+
+
+#: per table: its topic, id column, a column that tells the environments' rows apart, and the
+#: record of one environment (`mark` goes into that column)
+CONTENT_KEYED: dict[str, tuple[str, str, str, Callable[[str, str], dict[str, Any]]]] = {
+    "qms.alert": (
+        "quality.alerts.v1",
+        "alert_id",
+        "summary",
+        lambda key, mark: {**records.alert(f"lot:{key}"), "summary": mark},
+    ),
+    "qms.quarantine_command": (
+        "inventory.quarantine-commands.v1",
+        "command_id",
+        "reason",
+        lambda key, mark: {**records.quarantine_command(key), "reason": mark},
+    ),
+    "qms.escalation": (
+        "capa.escalations.v1",
+        "escalation_id",
+        "title",
+        lambda key, mark: {**records.escalation(f"QMS:{key}", 2), "title": mark},
+    ),
+}
+
+
+class TestContentKeyedOutputsPerEnvironment:
+    @pytest.mark.parametrize("table", CONTENT_KEYED)
+    def test_same_id_in_two_environments_keeps_both_rows(
+        self, kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, table: str
+    ) -> None:
+        """Two environments' records of one id are two rows, each its own (0015).
+
+        Insert-only and keyed by the id alone, the second environment's row was dropped.
+        """
+        topic, id_column, told_by, record = CONTENT_KEYED[table]
+        production = prepared_settings(
+            kafka_bootstrap, postgres_dsn, topic_prefix, sink_batch_size=100
+        )
+        validation = prepared_settings(
+            kafka_bootstrap, postgres_dsn, f"{topic_prefix}validation.", sink_batch_size=100
+        )
+        key = f"L-{topic_prefix}"
+        sent = {
+            s.topic_prefix: [(topic, key.encode(), record(key, f"from {s.topic_prefix}"))]
+            for s in (production, validation)
+        }
+        if table == "qms.quarantine_command":  # only validation releases the lot it held
+            release = records.quarantine_command(key, "RELEASE", hours=5)
+            sent[validation.topic_prefix].append((topic, key.encode(), release))
+        load_in_turn([production, validation], sent)
+
+        same_id = sent[production.topic_prefix][0][2][id_column]
+        assert sent[validation.topic_prefix][0][2][id_column] == same_id
+        with psycopg.connect(postgres_dsn) as conn:
+            stored = conn.execute(
+                f"SELECT environment, {told_by}, kafka_topic FROM {table}"
+                f" WHERE {id_column} = %s AND environment LIKE %s ORDER BY environment",
+                (same_id, f"{topic_prefix}%"),
+            ).fetchall()
+            holds = conn.execute(
+                "SELECT environment, status FROM qms.lot_hold_status"
+                " WHERE lot_id = %s ORDER BY environment",
+                (key,),
+            ).fetchall()
+        assert stored == [
+            (s.topic_prefix, f"from {s.topic_prefix}", s.topic(topic))
+            for s in (production, validation)
+        ]
+        if table == "qms.quarantine_command":
+            assert holds == [
+                (production.topic_prefix, "ON_HOLD"),
+                (validation.topic_prefix, "RELEASED"),
+            ]

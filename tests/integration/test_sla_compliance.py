@@ -29,7 +29,7 @@ __all__ = ["scenario"]  # the fixture, shared with test_analytics
 
 def breach(s: Scenario, event_id: str, *, late_by: timedelta, synthetic: bool = False) -> None:
     """A qms.sla_breach row of the nonconformance-quarantine SLA for one scenario event."""
-    at = s.at()
+    at = s.at("ops.sla-breaches.v1")
     s.conn.execute(
         "INSERT INTO qms.sla_breach (breach_id, sla, interface, event_id, event_type,"
         " source_system, source_record_id, product_line, site, output, output_id, recorded_at,"
@@ -70,7 +70,7 @@ class TestSlaCompliance:
         rows = s.rows(
             "SELECT interface, sla, within_seconds, day, outputs, breaches, compliance,"
             " worst_seconds FROM analytics.sla_compliance"
-            " WHERE environment = 'analytics-test.' || %(m)s"
+            " WHERE environment = 'analytics-test.' || %(m)s || '.'"
         )
         day = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
         assert rows == [
@@ -94,7 +94,7 @@ class TestSlaCompliance:
         breach(s, s.event("NC-1"), late_by=timedelta(seconds=1))
         rows = s.rows(
             "SELECT outputs, breaches, compliance FROM analytics.sla_compliance"
-            " WHERE environment = 'analytics-test.' || %(m)s"
+            " WHERE environment = 'analytics-test.' || %(m)s || '.'"
         )
         assert rows == [(0, 1, None)]
 

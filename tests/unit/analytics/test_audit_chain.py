@@ -123,6 +123,19 @@ class TestAuditEntries:
             ("escalation", "qmsflow:escalation")
         ]
 
+    def test_same_escalation_in_two_environments_is_audited_in_each(self) -> None:
+        """Its id is alike in every environment: the record_id carries a prefixed environment."""
+        record = records.escalation("QMS:CAPA-77", 2)
+        rows = [
+            escalation_row(record, Coordinates(f"{prefix}capa.escalations.v1", 1, 0))
+            for prefix in ("", "tval.")
+        ]
+        entries = audit_entries({"qms.escalation": (ESCALATION_COLUMNS, rows)})
+        assert sorted(e.record_id for e in entries) == [
+            record["escalation_id"],
+            f"tval.{record['escalation_id']}",
+        ]
+
     @pytest.mark.parametrize("offsets", [(1, 2, 3), (3, 1, 2)])
     def test_chain_order_is_by_lineage(self, offsets: tuple[int, ...]) -> None:
         """The same rows chain in the same order whatever order they were buffered in."""

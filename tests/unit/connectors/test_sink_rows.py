@@ -124,6 +124,7 @@ class TestOtherStageRows:
         assert row["first_event_id"] == uuid.UUID(record["first_event_id"])
         assert row["summary"] == record["summary"]
         assert row["raised_at"] == records.T0
+        assert row["environment"] == "env."
 
     def test_quarantine_command_row_keeps_the_sap_posting(self) -> None:
         """A RELEASE keeps its action, lot, stock type and movement type."""
@@ -142,6 +143,7 @@ class TestOtherStageRows:
         )
         assert row["issued_at"] == records.T0 + timedelta(hours=5)
         assert row["part_number"] == "PN-30105-A"
+        assert row["environment"] == "env."
 
     def test_escalation_row_keeps_level_and_due_date(self) -> None:
         """An escalation keeps its level, due date (a date) and recipient."""
@@ -152,6 +154,45 @@ class TestOtherStageRows:
             "qa_manager",
         )
         assert row["escalation_id"] == uuid.UUID(records.escalation_id("QMS:CAPA-77", 2))
+        assert row["environment"] == "env."
+
+    @pytest.mark.parametrize(
+        ("topic", "record", "id_column"),
+        [
+            ("quality.alerts.v1", records.alert(), "alert_id"),
+            ("inventory.quarantine-commands.v1", records.quarantine_command(), "command_id"),
+            ("capa.escalations.v1", records.escalation(), "escalation_id"),
+        ],
+    )
+    def test_content_keyed_outputs_are_keyed_by_environment(
+        self, topic: str, record: dict[str, Any], id_column: str
+    ) -> None:
+        """Ids are uuid5s of content, alike in every environment: the key leads with environment."""
+        (write,) = binding(topic).writes
+        assert write.key == ("environment", id_column) and write.upsert is None
+        rec = decoded(topic, record)
+        (prod,) = write.to_rows(rec, Coordinates(topic, 0, 1))
+        (val,) = write.to_rows(rec, Coordinates(f"tval.{topic}", 0, 1))
+        key = [write.columns.index(c) for c in write.key]
+        same_id = uuid.UUID(record[id_column])
+        assert [prod[i] for i in key] == ["", same_id]
+        assert [val[i] for i in key] == ["tval.", same_id]
+
+    @pytest.mark.parametrize(
+        ("topic", "record"),
+        [
+            ("quality.alerts.v1", records.alert()),
+            ("inventory.quarantine-commands.v1", records.quarantine_command()),
+            ("capa.escalations.v1", records.escalation()),
+        ],
+    )
+    def test_output_read_under_another_topic_is_refused(
+        self, topic: str, record: dict[str, Any]
+    ) -> None:
+        """A record whose topic is not its binding's has no environment: a ValueError."""
+        (write,) = binding(topic).writes
+        with pytest.raises(ValueError, match=re.escape(topic)):
+            write.to_rows(decoded(topic, record), AT)
 
     def test_parked_row_keeps_the_event_as_json(self) -> None:
         """A parking step keeps its status, missing references and the event JSON."""
