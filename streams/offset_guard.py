@@ -320,12 +320,38 @@ class OffsetGuard:
             run.expected,
             run.expected,
         )
+        await self._seek(tp, run)
+
+    async def _seek(self, tp: Any, run: PartitionRun) -> None:
+        """Seek `tp` back to the run's expected offset, in the consumer's own thread.
+
+        aiokafka's seek wakes its fetcher through a future of that thread's loop; a wake-up set
+        from another thread can be lost, and the re-read then waits for unrelated traffic.
+        """
         run.sought_to, run.sought_at = run.expected, asyncio.get_running_loop().time()
         self.counts.rereads += 1
+        thread = self._consumer._thread
         try:
-            await self._consumer.seek(tp, run.expected)
+            await thread.call_thread(thread._ensure_consumer().seek, tp, run.expected)
         except Exception:  # revoked meanwhile: its next owner reads it from the committed offset
             log.warning("could not seek %s back to %d", tp, run.expected, exc_info=True)
+
+    async def reread_stalled(self) -> None:
+        """Seek again every partition still waiting for the record it was sought back to."""
+        generation = self._flowing_generation()
+        if generation is None:
+            return
+        now = asyncio.get_running_loop().time()
+        assigned = self._consumer.assignment()
+        for (_, tp), run in list(self._runs.items()):
+            if (
+                run.generation == generation
+                and run.sought_to == run.expected
+                and now - run.sought_at >= REREAD_AFTER
+                and tp in assigned
+            ):
+                log.warning("%s: still waiting for record %d; reading again", tp, run.expected)
+                await self._seek(tp, run)
 
 
 _GUARDS: weakref.WeakKeyDictionary[faust.App, OffsetGuard] = weakref.WeakKeyDictionary()
@@ -343,6 +369,14 @@ class GuardedApp(faust.App):
     """A Faust app whose consumer is guarded from its creation, before any record is read."""
 
     logger = logging.getLogger("faust.app.base")  # its service logs keep Faust's logger name
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+        @self.timer(interval=REREAD_AFTER)
+        async def reread_stalled_partitions() -> None:
+            # a re-read that did not arrive (the seek raced a fetch) is asked for again
+            await offset_guard(self).reread_stalled()
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()

@@ -69,6 +69,24 @@ class FakeEvent:
         return self.message.ack(self.consumer)
 
 
+class FakeConsumerThread:
+    """aiokafka's consumer thread: runs what it is handed, here on the caller's loop."""
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> FakeConsumerThread:
+        return self
+
+    def seek(self, tp: Any, offset: int) -> None:
+        """Note the seek, as aiokafka's consumer would apply it."""
+        self.consumer.seeks.append((tp, offset))
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        """Run `fun` as the consumer thread would."""
+        return fun(*args)
+
+
 @dataclass
 class FakeConsumer:
     """Records the acks Faust would count and the seeks; commits as Faust's `_new_offset`."""
@@ -84,6 +102,7 @@ class FakeConsumer:
         # as Faust keeps it after seeking to the committed offsets: a committed 0 is None
         self._committed_offset: dict[Any, int | None] = {TP: self.committed or None}
         self._acked: dict[Any, list[int]] = {}
+        self._thread = FakeConsumerThread(self)
 
     def ack(self, message: FakeMessage) -> bool:
         """Faust's own ack: every call here counts toward the committed offset."""
@@ -107,9 +126,9 @@ class FakeConsumer:
         self.log_start_lookups += 1
         return {tp: self.earliest for tp in tps}
 
-    async def seek(self, tp: Any, offset: int) -> None:
-        """Note the seek."""
-        self.seeks.append((tp, offset))
+    def assignment(self) -> set[Any]:
+        """The partitions assigned to this worker."""
+        return {TP}
 
 
 class FakeTables:
@@ -202,6 +221,20 @@ class TestAdmit:
         assert consumer.seeks == [(TP, 100)]
         assert (guard.counts.holes, guard.counts.rereads) == (2, 1)
         assert consumer.counted == []  # refused records gave up their reference, uncounted
+
+    def test_a_re_read_that_does_not_arrive_is_asked_for_again(
+        self, guard: OffsetGuard, consumer: FakeConsumer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A seek racing a fetch can be lost; the worker's timer seeks once more."""
+        assert admit_all(guard, [record(consumer, 105)]) == [False]
+        asyncio.run(guard.reread_stalled())
+        assert consumer.seeks == [(TP, 100)]  # not yet: the first seek is recent
+        monkeypatch.setattr("streams.offset_guard.REREAD_AFTER", 0.0)
+        asyncio.run(guard.reread_stalled())
+        assert consumer.seeks == [(TP, 100), (TP, 100)]
+        assert admit_all(guard, [record(consumer, 100)]) == [True]
+        asyncio.run(guard.reread_stalled())
+        assert len(consumer.seeks) == 2  # the run moved on: nothing to wait for
 
     def test_records_read_twice_after_a_seek_are_handled_once(
         self, guard: OffsetGuard, consumer: FakeConsumer
