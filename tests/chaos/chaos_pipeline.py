@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
@@ -114,6 +115,9 @@ class DemoSource:
         self.unique_ids = {r.record["event_id"] for r in self.records}
         self.sent = 0
         self.poison = 0
+        #: where the broker put each event (topic, partition, offset), from delivery reports
+        self.positions: dict[str, tuple[str, int, int]] = {}
+        self.failed_deliveries = 0
         DemoPublisher(settings).master(demo_master_data(seed, start, count))
         self.codec = AvroCodec(open_registry(settings))
 
@@ -137,7 +141,7 @@ class DemoSource:
         started, n = time.monotonic(), 0
         for record in records:
             topic, key, value = self.encoded(record)
-            send_raw(producer, topic, key, value)
+            send_raw(producer, topic, key, value, on_delivery=self._delivered(record))
             n += 1
             if rate:
                 ahead = n / rate - (time.monotonic() - started)
@@ -145,15 +149,53 @@ class DemoSource:
                     time.sleep(ahead)
         remaining = producer.flush(120)
         assert remaining == 0, f"{remaining} records not acknowledged in 120 s"
+        assert not self.failed_deliveries, f"{self.failed_deliveries} records refused by the broker"
         self.sent += n
         return n
 
+    def _delivered(self, record: DemoRecord) -> Callable[[Any, Any], None]:
+        event_id = str(record.record["event_id"])
 
-def send_raw(producer: Producer, topic: str, key: bytes | None, value: bytes | None) -> None:
+        def note(error: Any, message: Any) -> None:
+            if error is not None:
+                self.failed_deliveries += 1
+            else:
+                self.positions[event_id] = (message.topic(), message.partition(), message.offset())
+
+        return note
+
+    def locate(self, event_ids: Iterable[str]) -> str:
+        """Where events were written, as `topic[partition]@offset` (for a ledger's notes)."""
+        found = sorted(self.positions[i] for i in event_ids if i in self.positions)
+        prefix = self.settings.topic_prefix
+        return ", ".join(f"{t.removeprefix(prefix)}[{p}]@{o}" for t, p, o in found)
+
+
+def stored_ids(settings: Settings) -> set[str]:
+    """The event ids of this environment's rows in `qms.quality_event`."""
+    with psycopg.connect(settings.dsn) as conn:
+        rows = conn.execute(
+            "SELECT event_id FROM qms.quality_event WHERE kafka_topic = %s",
+            (settings.topic("quality.events.v1"),),
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def send_raw(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
     """Produce one record, waiting while the local queue is full."""
     while True:
         try:
-            producer.produce(topic, key=key, value=value)
+            if on_delivery is None:
+                producer.produce(topic, key=key, value=value)
+            else:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
             return
         except BufferError:
             producer.poll(0.2)

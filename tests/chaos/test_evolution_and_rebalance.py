@@ -170,5 +170,6 @@ class TestRebalanceStorm:
                 if r.record["event_id"] not in stored
             )
             account.notes["lost events by source topic and key"] = "; ".join(lost)
+            account.notes["lost events were written at"] = source.locate(source.unique_ids - stored)
         account.figures["membership changes"] = len(steps)
         record_ledger(account, seconds=time.monotonic() - started)

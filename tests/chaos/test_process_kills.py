@@ -11,7 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.chaos.chaos_pipeline import ChaosPipeline, DemoSource, scenario_settings, settle
+from tests.chaos.chaos_pipeline import (
+    ChaosPipeline,
+    DemoSource,
+    scenario_settings,
+    settle,
+    stored_ids,
+)
 from tests.integration.pipeline import count_rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -174,5 +180,9 @@ class TestWorkerKilledRepeatedly:
             pipeline.stop()
         account.figures["worker SIGKILLs"] = len(kills)
         account.notes["kills at (s, rows)"] = ", ".join(f"{t:.0f} s/{n:,}" for t, n in kills)
+        if account.missing:
+            account.notes["missing events were written at"] = source.locate(
+                source.unique_ids - stored_ids(settings)
+            )
         record_ledger(account, seconds=time.monotonic() - started)
         assert len(kills) == WORKER_KILLS
