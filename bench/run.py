@@ -20,7 +20,7 @@ partitions plus state recovery time (bench.scale), dedup state per key at 1M and
 machine slows every step, which is why each figure is set against a baseline from the same run.
 Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step, 300),
 BENCH_LATENCY_RATES (`500:20,2000:10,10000:3`), BENCH_SCALE (`workers:partitions,…`),
-BENCH_SCALE_EVENTS (6000), BENCH_SCALE_TIMEOUT (s per configuration, 120: a stalled
+BENCH_SCALE_EVENTS (6000), BENCH_SCALE_TIMEOUT (s per configuration, 90: a stalled
 configuration is recorded as incomplete instead of eating the run's 20 minutes),
 BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,state`: steps to leave out).
 """
@@ -443,7 +443,7 @@ def main() -> None:
     if "scale" not in skip:
         print("scale: workers × partitions, then state recovery", flush=True)
         scale_events = int(os.environ.get("BENCH_SCALE_EVENTS", "6000"))
-        scale_timeout = float(os.environ.get("BENCH_SCALE_TIMEOUT", "120"))
+        scale_timeout = float(os.environ.get("BENCH_SCALE_TIMEOUT", "90"))
         extra["scale"] = measure_scale(
             base, scale_events, scale_timeout, logs, configurations_from_environment()
         )

@@ -2,10 +2,11 @@
 
 Run as its own process per key count (`python -m bench.state N`, which prints one JSON object),
 so its resident set size is the state's and nothing else's. It fills what a worker holds for N
-remembered event ids:
-  - the `dedup-seen` table's RocksDB store, opened with Faust's own options, written with the
-    table's JSON key and value ([fingerprint, recorded_at_us, partition]), flushed and compacted;
-  - the ingest agent's in-memory `RetentionQueue` (one heap entry per remembered id).
+remembered event ids: the `dedup-seen` table's RocksDB store, opened with the options the worker
+gives every table (`streams.app.rocksdb_options`: bounded memtables and block cache), written with
+the table's JSON key and value ([fingerprint, recorded_at_us, partition]), flushed and compacted.
+Nothing else is kept per id: expiry reads the marks from the store (streams.ingest), so resident
+memory should not grow with the key count.
 The baseline is the payload itself: the JSON key and value bytes, what an ideal store would keep.
 The changelog topic holds one compacted record per key: payload plus Kafka's per-record overhead.
 """
@@ -20,7 +21,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,15 @@ def fill(keys: int) -> dict[str, Any]:
     from faust.stores.rocksdb import RocksDBOptions
     from rocksdict import WriteBatch
 
-    from qmsflow.quality.dedup import RetentionQueue, SeenEvent
+    from qmsflow.quality.dedup import SeenEvent
+    from qmsflow.settings import Settings
+    from streams.app import rocksdb_options
 
     directory = Path(tempfile.mkdtemp(prefix="bench-state-"))
     try:
+        options: dict[str, Any] = dict(rocksdb_options(Settings()))
         rss_before = _rss_bytes()
-        db = RocksDBOptions().open(directory / "dedup-seen-0.db")
-        queue = RetentionQueue(timedelta(days=7))
+        db = RocksDBOptions(**options).open(directory / "dedup-seen-0.db")
         payload = 0
         started = time.monotonic()
         base_us = int(time.time() * 1_000_000)
@@ -64,7 +66,6 @@ def fill(keys: int) -> dict[str, Any]:
             key, value = orjson.dumps(event_id), orjson.dumps(list(seen))
             payload += len(key) + len(value)
             batch.put(key, value)
-            queue.remember(event_id, seen)
             if (n + 1) % _WRITE_BATCH == 0:
                 db.write(batch)
                 batch = WriteBatch(raw_mode=True)
@@ -85,7 +86,7 @@ def fill(keys: int) -> dict[str, Any]:
             "rss_after_bytes": rss_after,
             "rss_bytes_per_key": (rss_after - rss_before) / keys,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "queue_entries": len(queue),
+            "rocksdb_options": options,
         }
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -109,6 +109,26 @@ class Settings(BaseSettings):
         default="rocksdb",
         description="QMSFLOW_STORE: Faust table store; rocksdb in production, memory in tests.",
     )
+    rocksdb_write_buffer_size: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        description="QMSFLOW_ROCKSDB_WRITE_BUFFER_SIZE: bytes of one RocksDB memtable per table "
+        "partition before it is flushed to disk (Faust's default, 64 MiB, let worker memory "
+        "grow for hours).",
+    )
+    rocksdb_max_write_buffers: int = Field(
+        default=2,
+        ge=2,
+        description="QMSFLOW_ROCKSDB_MAX_WRITE_BUFFERS: memtables per table partition (one "
+        "filling, the rest flushing); Faust's default is 3.",
+    )
+    rocksdb_block_cache_size: int = Field(
+        default=512 * 1024,
+        ge=0,
+        description="QMSFLOW_ROCKSDB_BLOCK_CACHE_SIZE: bytes of RocksDB block cache per table "
+        "partition (Faust's default is 2 GiB each; a worker has ~50 partition stores, and the "
+        "operating system's page cache still holds the hot files).",
+    )
     dedup_retention: timedelta = Field(
         default=timedelta(days=7),
         description="QMSFLOW_DEDUP_RETENTION: how long an event_id is remembered (ISO 8601 or "

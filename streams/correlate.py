@@ -8,7 +8,7 @@ measured in event time (the newest `occurred_at` seen on the partition), so repl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,14 +19,14 @@ from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.correlation import IncidentState, close_quiet, correlate, load_rules
-from qmsflow.quality.event import event_from_avro
+from qmsflow.quality.event import QualityEvent, event_from_avro
 from qmsflow.quality.ingest import CANONICAL_SUBJECT
+from qmsflow.quality.sla import SlaVerdict, load_sla_rules
 from qmsflow.quality.sla import check as check_sla
-from qmsflow.quality.sla import load_sla_rules
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
-from streams.outbox import Outbox
-from streams.processing import consume
+from streams.processing import BatchOutbox, consume_batches, handling
+from streams.quality import StagedWrites
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ INCIDENT_SUBJECT = "quality.incidents.v1-value"
 ALERTS_TOGGLE = "correlation-alerts"  # qmsflow/toggles.py TOGGLEABLE
 ALERT_SUBJECT = "quality.alerts.v1-value"
 SLA_BREACH_SUBJECT = "ops.sla-breaches.v1-value"
+
+#: metrics to record once a batch's outputs are acknowledged
+After = list[Callable[[], None]]
 
 
 def register_correlate_agent(
@@ -86,20 +89,26 @@ def register_correlate_agent(
             }
         return open_keys[partition]
 
-    def store(partition: int, state: IncidentState) -> None:
-        incidents[state.root_cause_key] = {"partition": partition, "state": state.to_dict()}
-        if state.status == "open":
+    def store(writes: StagedWrites, partition: int, state: IncidentState) -> None:
+        value = {"partition": partition, "state": state.to_dict()}
+        writes.put(incidents, state.root_cause_key, value)
+        if state.status == "open":  # the index runs ahead of the table; on_failure rebuilds it
             keys_of(partition).add(state.root_cause_key)
         else:
             keys_of(partition).discard(state.root_cause_key)
 
-    async def on_event(message: Any) -> None:
+    def on_event(message: Any, outbox: BatchOutbox, writes: StagedWrites, after: After) -> None:
         incoming = header_pairs(message.headers)
         with telemetry.stage_span("correlate", incoming) as span:
-            await on_traced_event(message, span, incoming)
+            on_traced_event(message, span, incoming, outbox, writes, after)
 
-    async def on_traced_event(
-        message: Any, span: Any, incoming: list[tuple[str, bytes | None]]
+    def on_traced_event(
+        message: Any,
+        span: Any,
+        incoming: list[tuple[str, bytes | None]],
+        outbox: BatchOutbox,
+        writes: StagedWrites,
+        after: After,
     ) -> None:
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
@@ -111,10 +120,9 @@ def register_correlate_agent(
         telemetry.record_event("in", "correlate", "quality.correlation.v1", event["event_type"])
         headers = telemetry.output_headers(span, incoming, correlation_id=event["correlation_id"])
         key = message.key.decode("utf-8")
-        stored = incidents.get(key)
+        stored = writes.get(incidents, key)
         state = None if stored is None else IncidentState.from_dict(stored["state"])
         result = correlate(state, event, rules)
-        outbox = Outbox(codec, stage="correlate", topic_prefix=settings.topic_prefix)
         outbox.event_type = event["event_type"]
         verdicts = []
         for record in result.incidents:
@@ -135,40 +143,65 @@ def register_correlate_agent(
         if result.alert is not None and alerts_enabled(ALERTS_TOGGLE):
             alert = result.alert.to_avro()
             outbox.add(alerts_out, ALERT_SUBJECT, result.alert.incident_id, alert, headers)
-        await outbox.deliver()
-        for verdict in verdicts:
-            telemetry.record_sla(verdict)
-        if result.incidents:
-            telemetry.record_end_to_end("quality.incidents.v1", event["recorded_at"])
+        after.append(_delivery_recorder(event, verdicts, bool(result.incidents)))
         if result.state is not None and result.state != state:
-            store(message.partition, result.state)
-        previous = watermarks.get(str(message.partition))
+            store(writes, message.partition, result.state)
+        mark = str(message.partition)
+        previous = writes.get(watermarks, mark)
         if previous is None or datetime.fromisoformat(previous) < event["occurred_at"]:
-            watermarks[str(message.partition)] = event["occurred_at"].isoformat()
+            writes.put(watermarks, mark, event["occurred_at"].isoformat())
 
-    async def on_tick(message: Any) -> None:
-        stored_watermark = watermarks.get(str(message.partition))
+    def on_tick(message: Any, outbox: BatchOutbox, writes: StagedWrites) -> None:
+        stored_watermark = writes.get(watermarks, str(message.partition))
         if stored_watermark is None:
             return
         watermark = datetime.fromisoformat(stored_watermark)
-        outbox = Outbox(codec)
-        closing = []
+        outbox.event_type = None
         for key in sorted(keys_of(message.partition)):
-            state = IncidentState.from_dict(incidents[key]["state"])
+            stored = writes.get(incidents, key)
+            if stored is None:
+                continue
+            state = IncidentState.from_dict(stored["state"])
             record = close_quiet(state, watermark, rules)
             if record is not None:
                 outbox.add(incidents_out, INCIDENT_SUBJECT, record.incident_id, record.to_avro())
-                closing.append(state.closed())
-        await outbox.deliver()
-        for state in closing:
-            store(message.partition, state)
+                store(writes, message.partition, state.closed())
 
-    async def handle(message: Any) -> None:
-        if message.topic == ticks_topic:
-            await on_tick(message)
-        else:
-            await on_event(message)
+    async def handle_batch(events: Sequence[Any]) -> None:
+        # One delivery per batch instead of one produce round trip per event; the tables are
+        # written only after the broker has acknowledged the batch's outputs.
+        outbox = BatchOutbox(codec, stage="correlate", topic_prefix=settings.topic_prefix)
+        writes = StagedWrites()
+        after: After = []
+        for event in events:
+            handling(event)
+            if event.message.topic == ticks_topic:
+                on_tick(event.message, outbox, writes)
+            else:
+                on_event(event.message, outbox, writes, after)
+        await outbox.deliver()
+        writes.apply()
+        for record_metrics in after:
+            record_metrics()
 
     @app.agent(source, name="correlate", concurrency=1)
     async def correlate_agent(stream: faust.StreamT[Any]) -> None:
-        await consume(app, stream, handle, on_failure=open_keys.clear)
+        await consume_batches(
+            app,
+            stream,
+            handle_batch,
+            on_failure=open_keys.clear,
+            max_records=settings.stream_batch_max,
+        )
+
+
+def _delivery_recorder(
+    event: QualityEvent, verdicts: list[SlaVerdict], incident: bool
+) -> Callable[[], None]:
+    def record() -> None:
+        for verdict in verdicts:
+            telemetry.record_sla(verdict)
+        if incident:
+            telemetry.record_end_to_end("quality.incidents.v1", event["recorded_at"])
+
+    return record

@@ -14,7 +14,7 @@ from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
-from qmsflow.quality.dedup import RetentionQueue, SeenEvent
+from qmsflow.quality.dedup import SeenEvent
 from qmsflow.quality.event import QualityEvent
 from qmsflow.quality.ingest import (
     CANONICAL_SUBJECT,
@@ -31,6 +31,9 @@ from streams.processing import BatchOutbox, consume_batches, handling
 
 log = logging.getLogger(__name__)
 
+#: stored dedup marks a batch scans per mark it writes: more than one, so the sweep passes over
+#: the table faster than it grows and expired marks are deleted within a few passes
+SWEEP_PER_MARK = 4
 #: incoming headers carried onto outputs, so a trace and a correlation id cross the pipeline
 PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate", "correlation_id", "source_system"})
 
@@ -54,7 +57,12 @@ def register_ingest_agent(
          of dedup: a crash before it replays the batch and step 3 republishes the same
          events, which the sink's primary key absorbs);
       5. the records are acked; Faust commits their offsets after flushing the producer.
-    Memory of an event_id ends `dedup_retention` after its event time (see RetentionQueue).
+    Memory of an event_id ends `dedup_retention` after its event time, measured against the
+    partition's watermark (the newest `recorded_at` it has remembered), so a replay forgets
+    exactly what the original run forgot: a mark older than that is ignored when looked up, and
+    each batch sweeps a few times as many stored marks as it wrote, deleting the expired ones, so
+    the table stays about the retention's size. Nothing is kept in memory per id: the marks live
+    in the table's RocksDB store.
     """
     ingest_topics = [settings.topic(t.name) for t in catalog.by_role("ingest")]
     source = app.topic(
@@ -83,19 +91,66 @@ def register_ingest_agent(
         # recovering worker never restores ids it would have forgotten anyway.
         extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": retention_ms},
     )
-    retention: list[RetentionQueue] = []  # built from the table on the first record
+    retention_us = int(settings.dedup_retention.total_seconds() * 1_000_000)
+    watermarks: dict[int, int] = {}  # partition → newest recorded_at_us remembered
+    rebuilt: list[bool] = []  # watermarks read from the table since the last assignment
+    sweep_from: dict[int, bytes | None] = {}  # partition → stored key the next sweep starts at
 
     @app.on_partitions_revoked.connect
-    def forget_retention(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        retention.clear()  # partitions moved: rebuild from the recovered table
+    def forget_watermarks(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        watermarks.clear()  # partitions moved: re-read from the recovered table
+        rebuilt.clear()
+        sweep_from.clear()
 
-    def expiry_queue() -> RetentionQueue:
-        if not retention:
-            queue = RetentionQueue(settings.dedup_retention)
-            for event_id, stored in seen_table.items():
-                queue.remember(event_id, SeenEvent(*stored))
-            retention.append(queue)
-        return retention[0]
+    def watermark(partition: int) -> int:
+        if not rebuilt:
+            for stored in seen_table.values():
+                seen = SeenEvent(*stored)
+                previous = watermarks.get(seen.partition, 0)
+                watermarks[seen.partition] = max(previous, seen.recorded_at_us)
+            rebuilt.append(True)
+        return watermarks.get(partition, 0)
+
+    def remembered(event_id: str) -> SeenEvent | None:
+        stored = seen_table.get(event_id)
+        if stored is None:
+            return None
+        seen = SeenEvent(*stored)
+        return None if forgotten(seen, watermark(seen.partition), retention_us) else seen
+
+    def sweep(partition: int, event: Any, budget: int) -> None:
+        """Delete the expired marks among the next `budget` stored ones of the partition.
+
+        Resumes where the last sweep stopped; each deletion writes a changelog tombstone.
+        """
+        store: Any = seen_table.data
+        horizon_us = watermark(partition) - retention_us
+        if not hasattr(store, "_db_for_partition"):  # the memory store (experiments, chaos tests)
+            expired = [
+                event_id
+                for event_id, stored in list(seen_table.items())
+                if SeenEvent(*stored).partition == partition
+                and SeenEvent(*stored).recorded_at_us < horizon_us
+            ]
+            handling(event)
+            for event_id in expired:
+                seen_table.pop(event_id, None)
+            return
+        db = store._db_for_partition(partition)
+        expired, scanned, resume = [], 0, None
+        for raw_key, raw_value in db.items(from_key=sweep_from.get(partition)):
+            if raw_key == store.offset_key:
+                continue
+            if scanned == budget:
+                resume = raw_key
+                break
+            scanned += 1
+            if SeenEvent(*store._decode_value(raw_value)).recorded_at_us < horizon_us:
+                expired.append(store._decode_key(raw_key))
+        sweep_from[partition] = resume  # None: the next sweep starts again at the first key
+        handling(event)  # the tombstones go to this partition's changelog
+        for event_id in expired:
+            seen_table.pop(event_id, None)
 
     async def handle_batch(events: Sequence[Any]) -> None:
         # ids accepted earlier in this batch: the table learns them only after delivery
@@ -134,15 +189,16 @@ def register_ingest_agent(
             telemetry.record_event("in", "ingest", logical_topic, event_type, n)
         for reason in dead:
             telemetry.record_dead_letter("ingest", reason)
-        queue = expiry_queue()
         now = datetime.now(UTC)
+        written: dict[int, tuple[Any, int]] = {}  # partition → (its last event, marks written)
         for event, outcome, seen in emitted:
             handling(event)
             telemetry.record_end_to_end("quality.events.v1", outcome["recorded_at"], now)
             seen_table[outcome["event_id"]] = list(seen)
-            queue.remember(outcome["event_id"], seen)
-            for expired in queue.advance(seen.partition, seen.recorded_at_us):
-                seen_table.pop(expired, None)
+            watermarks[seen.partition] = max(watermark(seen.partition), seen.recorded_at_us)
+            written[seen.partition] = (event, written.get(seen.partition, (None, 0))[1] + 1)
+        for partition, (event, count) in written.items():
+            sweep(partition, event, SWEEP_PER_MARK * count)
 
     def judge(
         message: RawMessage,
@@ -160,8 +216,7 @@ def register_ingest_agent(
         counted[(logical_topic, outcome["event_type"])] += 1
         stored = accepted.get(outcome["event_id"])
         if stored is None:
-            remembered = seen_table.get(outcome["event_id"])
-            stored = None if remembered is None else SeenEvent(*remembered)
+            stored = remembered(outcome["event_id"])
         judged = stage.judge(outcome, message, stored)
         if isinstance(judged, Duplicate | DeadLettered):
             return None if isinstance(judged, Duplicate) else judged
@@ -211,3 +266,8 @@ def _add_dead_letter(out: BatchOutbox, dlq: faust.TopicT, letter: Any, message: 
         dict(letter),
         [("qmsflow.reason", letter["reason_code"].encode())],
     )
+
+
+def forgotten(seen: SeenEvent, watermark_us: int, retention_us: int) -> bool:
+    """Whether a stored dedup mark has left the retention window of its partition's watermark."""
+    return seen.recorded_at_us < watermark_us - retention_us

@@ -1,0 +1,26 @@
+"""Every worker table opens its RocksDB partitions with the bounded options from Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qmsflow.settings import Settings
+from streams.app import create_app
+
+
+def test_every_table_store_gets_the_settings_rocksdb_options(tmp_path: Path) -> None:
+    settings = Settings(
+        stack_dir=tmp_path,
+        store="rocksdb",
+        rocksdb_write_buffer_size=2 * 1024 * 1024,
+        rocksdb_max_write_buffers=3,
+        rocksdb_block_cache_size=5 * 1024 * 1024,
+    )
+    app = create_app(settings)
+    tables = list(app.tables.values())
+    assert {t.name for t in tables} >= {"dedup-seen", "incidents", "correlation-watermarks"}
+    for table in tables:
+        options = table.data.rocksdb_options  # the store Faust builds for the table
+        assert options.write_buffer_size == 2 * 1024 * 1024, table.name
+        assert options.max_write_buffer_number == 3, table.name
+        assert options.block_cache_size == 5 * 1024 * 1024, table.name
