@@ -265,9 +265,8 @@ class OffsetGuard:
             offset = await asyncio.shield(starting)
             if self._flowing_generation() != generation:
                 return None
-            start = self._starts.setdefault(tp, (generation, offset))
-            if start[0] != generation:
-                start = self._starts[tp] = (generation, offset)
+            # every reader of the partition awaited the same lookup: the same start
+            start = self._starts[tp] = (generation, offset)
             log.debug("%s: generation %d starts at offset %d", tp, generation, start[1])
         run = self._runs[(reader, tp)] = PartitionRun(generation=generation, expected=start[1])
         return run
