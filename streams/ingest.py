@@ -125,29 +125,25 @@ def register_ingest_agent(
         """
         store: Any = seen_table.data
         horizon_us = watermark(partition) - retention_us
-        if not hasattr(store, "_db_for_partition"):  # the memory store (experiments, chaos tests)
-            expired = [
-                event_id
-                for event_id, stored in list(seen_table.items())
-                if SeenEvent(*stored).partition == partition
-                and SeenEvent(*stored).recorded_at_us < horizon_us
-            ]
-            handling(event)
-            for event_id in expired:
-                seen_table.pop(event_id, None)
-            return
-        db = store._db_for_partition(partition)
-        expired, scanned, resume = [], 0, None
-        for raw_key, raw_value in db.items(from_key=sweep_from.get(partition)):
-            if raw_key == store.offset_key:
-                continue
-            if scanned == budget:
-                resume = raw_key
-                break
-            scanned += 1
-            if SeenEvent(*store._decode_value(raw_value)).recorded_at_us < horizon_us:
-                expired.append(store._decode_key(raw_key))
-        sweep_from[partition] = resume  # None: the next sweep starts again at the first key
+        expired: list[str] = []
+        if hasattr(store, "_db_for_partition"):  # RocksDB: resume where the last sweep stopped
+            scanned, resume = 0, None
+            db = store._db_for_partition(partition)
+            for raw_key, raw_value in db.items(from_key=sweep_from.get(partition)):
+                if raw_key == store.offset_key:
+                    continue
+                if scanned == budget:
+                    resume = raw_key
+                    break
+                scanned += 1
+                if SeenEvent(*store._decode_value(raw_value)).recorded_at_us < horizon_us:
+                    expired.append(store._decode_key(raw_key))
+            sweep_from[partition] = resume  # None: the next sweep starts again at the first key
+        else:  # the memory store (experiments, chaos tests): scan the partition's marks whole
+            for event_id, stored in list(seen_table.items()):
+                seen = SeenEvent(*stored)
+                if seen.partition == partition and seen.recorded_at_us < horizon_us:
+                    expired.append(event_id)
         handling(event)  # the tombstones go to this partition's changelog
         for event_id in expired:
             seen_table.pop(event_id, None)

@@ -23,6 +23,7 @@ from tests.chaos.chaos_pipeline import (
     scenario_settings,
     send_raw,
     settle,
+    stored_ids,
 )
 
 pytestmark = pytest.mark.integration
@@ -156,14 +157,7 @@ class TestRebalanceStorm:
             pipeline.stop()
         account.notes["membership changes"] = ", ".join(steps)
         if account.missing:
-            with psycopg.connect(postgres_dsn) as conn:
-                stored = {
-                    str(r[0])
-                    for r in conn.execute(
-                        "SELECT event_id FROM qms.quality_event WHERE kafka_topic = %s",
-                        (settings.topic("quality.events.v1"),),
-                    )
-                }
+            stored = stored_ids(settings)
             lost = sorted(
                 f"{r.topic} key {r.key}"
                 for r in source.records

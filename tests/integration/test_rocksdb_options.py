@@ -1,15 +1,25 @@
-"""Every worker table opens its RocksDB partitions with the bounded options from Settings."""
+"""Every worker table opens its RocksDB partitions with the bounded options from Settings.
+
+Integration, not unit: building the worker's app lists the broker's CDC topics.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from qmsflow.settings import Settings
 from streams.app import create_app
 
+pytestmark = pytest.mark.integration
 
-def test_every_table_store_gets_the_settings_rocksdb_options(tmp_path: Path) -> None:
+
+def test_every_table_store_gets_the_settings_rocksdb_options(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
     settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
         stack_dir=tmp_path,
         store="rocksdb",
         rocksdb_write_buffer_size=2 * 1024 * 1024,
