@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "partition (Faust's default is 2 GiB each; a worker has ~50 partition stores, and the "
         "operating system's page cache still holds the hot files).",
     )
+    worker_session_timeout: float = Field(
+        default=10.0,
+        ge=6.0,
+        le=300.0,
+        description="QMSFLOW_WORKER_SESSION_TIMEOUT: seconds without a heartbeat before the group "
+        "coordinator drops a worker and hands its partitions on. Faust's default, 60 s, kept a "
+        "killed worker's partitions unread for a minute after a restart; the sink uses 10 s too.",
+    )
     dedup_retention: timedelta = Field(
         default=timedelta(days=7),
         description="QMSFLOW_DEDUP_RETENTION: how long an event_id is remembered (ISO 8601 or "

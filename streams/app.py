@@ -64,6 +64,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger=0.005,
         producer_max_batch_size=512 * 1024,
         consumer_auto_offset_reset="earliest",
+        # A worker killed without leaving the group holds its partitions until this expires;
+        # heartbeats run in the consumer's own thread, every 3 s (Faust's default).
+        broker_session_timeout=settings.worker_session_timeout,
         web_host="127.0.0.1",
         web_port=settings.web_port or 6066,  # Faust validates the port even when disabled
         web_enabled=settings.web_port > 0,
