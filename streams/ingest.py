@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -95,12 +95,15 @@ def register_ingest_agent(
     watermarks: dict[int, int] = {}  # partition → newest recorded_at_us remembered
     rebuilt: list[bool] = []  # watermarks read from the table since the last assignment
     sweep_from: dict[int, bytes | None] = {}  # partition → stored key the next sweep starts at
+    # memory store: partition → ids still to visit in this pass (a snapshot, refilled when empty)
+    sweep_queue: dict[int, deque[str]] = {}
 
     @app.on_partitions_revoked.connect
     def forget_watermarks(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         watermarks.clear()  # partitions moved: re-read from the recovered table
         rebuilt.clear()
         sweep_from.clear()
+        sweep_queue.clear()
 
     def watermark(partition: int) -> int:
         if not rebuilt:
@@ -139,10 +142,20 @@ def register_ingest_agent(
                 if SeenEvent(*store._decode_value(raw_value)).recorded_at_us < horizon_us:
                     expired.append(store._decode_key(raw_key))
             sweep_from[partition] = resume  # None: the next sweep starts again at the first key
-        else:  # the memory store (experiments, chaos tests): scan the partition's marks whole
-            for event_id, stored in list(seen_table.items()):
-                seen = SeenEvent(*stored)
-                if seen.partition == partition and seen.recorded_at_us < horizon_us:
+        else:  # the memory store (experiments, chaos tests): the same budget, over a snapshot
+            # of the partition's ids taken once per pass (a whole scan per batch made ingest
+            # quadratic: 50 events/s at 100,000 marks)
+            queue = sweep_queue.get(partition)
+            if not queue:
+                queue = sweep_queue[partition] = deque(
+                    event_id
+                    for event_id, stored in seen_table.items()
+                    if SeenEvent(*stored).partition == partition
+                )
+            for _ in range(min(budget, len(queue))):
+                event_id = queue.popleft()
+                stored = seen_table.get(event_id)
+                if stored is not None and SeenEvent(*stored).recorded_at_us < horizon_us:
                     expired.append(event_id)
         handling(event)  # the tombstones go to this partition's changelog
         for event_id in expired:

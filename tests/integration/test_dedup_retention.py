@@ -26,15 +26,21 @@ pytestmark = pytest.mark.integration
 OLD, RECENT = 150, 150
 
 
-@pytest.fixture
+@pytest.fixture(params=["rocksdb", "memory"])
 def worker(
-    kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    postgres_dsn: str,
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> Iterator[PipelineProcesses]:
+    """A worker on each table store: their sweeps walk the stored marks differently."""
     settings = prepared_settings(
         kafka_bootstrap, postgres_dsn, topic_prefix, dedup_retention=timedelta(hours=1)
     )
     env = environment(settings, kafka_bootstrap, postgres_dsn)
     env["QMSFLOW_DEDUP_RETENTION"] = "PT1H"
+    env["QMSFLOW_STORE"] = request.param
     processes = PipelineProcesses(settings, env, tmp_path)
     processes.start_worker()
     yield processes
