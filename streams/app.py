@@ -22,6 +22,7 @@ from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
 from qmsflow.toggles import ToggleReader
 from qmsflow.topics import load_catalog
+from streams import state_dump
 from streams.changelogs import declare_changelogs
 from streams.correlate import register_correlate_agent
 from streams.golden_records import register_golden_record_agent
@@ -135,6 +136,7 @@ def run_worker(
     telemetry.start_telemetry(settings, "qmsflow-worker", metrics_port=settings.metrics_port)
     app = create_app(settings)
     declare_changelogs(app, settings)  # before the consumer's first metadata snapshot
+    state_dump.install(app, settings.stack_dir / "dumps")  # kill -USR1 <pid>
     level = _LOG_LEVELS[loglevel]
 
     @app.task

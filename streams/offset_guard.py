@@ -17,7 +17,13 @@ lost 6 to 28 of 8,000 events through it):
     and the check it does make lets one unacked record through (`min(acked) - committed > 1`).
 
 So each agent asks `admit()` before handling a record: only records read in the current
-generation while records flow, and for each partition the next offset in order, are handled.
+generation while records flow, after Faust has positioned the generation's partitions at their
+committed offsets, and for each partition the next offset in order, are handled. (Faust resumes
+the flow while it restores the tables from their changelogs, and stream records fetched before
+that can reach the agents then: handled, they would meet half-restored tables, and their start
+offset would be guessed before Faust has read the committed offsets. In the worker-kill scenario
+every restarted worker re-read its partitions from offset 0 that way; at 100,000 events the
+re-reads outgrew the time between kills.)
 A record past the next expected offset means Faust dropped the ones between: the partition is
 sought back to the expected offset and read again. For that re-read to arrive, Faust's drain
 loop must not drop records below the highest offset it delivered (its "read offset", which the
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 REREAD_AFTER = 5.0
 #: seconds a log-start lookup may take before the worker treats the broker as failing
 LOOKUP_TIMEOUT = 15.0
+#: seconds of flow without resumed streams (table recovery) before the guard says so
+UNPOSITIONED_WARN_AFTER = 60.0
 
 
 class Admission(Enum):
@@ -133,9 +141,29 @@ class OffsetGuard:
         self._guarded_topics: set[str] = set()  # topics whose agents ask `admit`
         self._readers = itertools.count()
         self._consumer: Any = None
+        #: the generation whose partitions Faust has sought to their committed offsets
+        self._positioned: int | None = None
+        self._unpositioned_since: tuple[int, float] | None = None  # (generation, loop time)
 
     def _keeps_faust_order(self, topic: str) -> bool:
         return topic in self._holes_topics or topic in self.app.tables.changelog_topics
+
+    def flow_state(self) -> str:
+        """The flow as the guard sees it, for state dumps."""
+        if not self.app.flow_control.is_active():
+            return "no (rebalance)"
+        if self._flowing_generation() is None:
+            return f"yes, generation not positioned yet (last positioned {self._positioned})"
+        return "yes"
+
+    def expected_offsets(self) -> dict[Any, list[tuple[int, int, int | None]]]:
+        """Per partition of the current generation: (reader, next offset, sought-back offset)."""
+        generation = self.app.consumer_generation_id
+        expected: dict[Any, list[tuple[int, int, int | None]]] = defaultdict(list)
+        for (reader, tp), run in self._runs.items():
+            if run.generation == generation:
+                expected[tp].append((reader, run.expected, run.sought_to))
+        return expected
 
     def allow_holes(self, topics: Iterable[str]) -> None:
         """Declare compacted input topics, whose offsets may legitimately be missing."""
@@ -146,13 +174,18 @@ class OffsetGuard:
         return next(self._readers)
 
     def _flowing_generation(self) -> int | None:
-        """The current generation, or None while a rebalance suspends the flow."""
+        """The current generation once its streams resumed, else None (rebalance, recovery)."""
         if not self.app.flow_control.is_active():
             return None
-        return int(self.app.consumer_generation_id)
+        generation = int(self.app.consumer_generation_id)
+        return generation if generation == self._positioned else None
 
     def install(self, consumer: Any) -> None:
-        """Guard `consumer`: acks go through `counts_ack`, commits through `commit_head_ok`."""
+        """Guard `consumer`: acks go through `counts_ack`, commits through `commit_head_ok`.
+
+        Its `perform_seek` marks the generation whose partitions are positioned, after which
+        records of that generation may be handled.
+        """
         self._consumer = consumer
         consumer._read_offset = ReadOffsets(self._keeps_faust_order)
         faust_ack = consumer.ack
@@ -172,6 +205,17 @@ class OffsetGuard:
 
         consumer.ack = ack
         consumer._new_offset = new_offset
+        faust_perform_seek = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            generation = self.app.consumer_generation_id
+            await faust_perform_seek()
+            # Faust seeks here as it resumes the streams after recovery (flow on); with the flow
+            # stopped it is its fetcher seeking back mid-rebalance, which opens nothing
+            if consumer.flow_active and self.app.consumer_generation_id == generation:
+                self._positioned = generation
+
+        consumer.perform_seek = perform_seek
 
     def counts_ack(self, message: Any) -> bool:
         """Whether `message`'s final ack may move its partition's committed offset."""
@@ -274,10 +318,11 @@ class OffsetGuard:
     async def _start_offset(self, tp: Any) -> int:
         """Where this generation reads `tp` from: its committed offset, else the log start.
 
-        Faust looked the committed offset up when the assignment began (`perform_seek`, before
-        the flow resumed); asking the group coordinator here instead would deadlock a rebalance,
-        which waits for this very record to be released. Faust keeps a committed 0 as None; then,
-        as with no commit at all, reading starts at the log start (auto.offset.reset=earliest).
+        Faust looked the committed offset up when it positioned the partitions (`perform_seek`,
+        which admission waits for); asking the group coordinator here instead would deadlock a
+        rebalance, which waits for this very record to be released. Faust keeps a committed 0 as
+        None; then, as with no commit at all, reading starts at the log start
+        (auto.offset.reset=earliest).
         """
         committed = self._consumer._committed_offset.get(tp)
         if committed is not None:
@@ -338,9 +383,11 @@ class OffsetGuard:
     async def reread_stalled(self) -> None:
         """Seek again every partition still waiting for the record it was sought back to."""
         generation = self._flowing_generation()
-        if generation is None:
-            return
         now = asyncio.get_running_loop().time()
+        if generation is None:
+            self._note_unpositioned(now)
+            return
+        self._unpositioned_since = None
         assigned = self._consumer.assignment()
         for (_, tp), run in list(self._runs.items()):
             if (
@@ -351,6 +398,23 @@ class OffsetGuard:
             ):
                 log.warning("%s: still waiting for record %d; reading again", tp, run.expected)
                 await self._seek(tp, run)
+
+    def _note_unpositioned(self, now: float) -> None:
+        """Warn once when records flow but Faust has not resumed the generation's streams."""
+        generation = self.app.consumer_generation_id
+        if not self.app.flow_control.is_active():
+            self._unpositioned_since = None
+            return
+        if self._unpositioned_since is None or self._unpositioned_since[0] != generation:
+            self._unpositioned_since = (generation, now)
+        elif now - self._unpositioned_since[1] >= UNPOSITIONED_WARN_AFTER:
+            log.warning(
+                "generation %s: streams not resumed %.0f s after the flow was (table recovery "
+                "still running?); their records wait",
+                generation,
+                now - self._unpositioned_since[1],
+            )
+            self._unpositioned_since = (generation, float("inf"))  # once per generation
 
 
 _GUARDS: weakref.WeakKeyDictionary[faust.App, OffsetGuard] = weakref.WeakKeyDictionary()

@@ -111,6 +111,13 @@ class FakeConsumer:
         self._acked.setdefault(message.tp, []).append(message.offset)
         return True
 
+    flow_active: bool = True
+    perform_seeks: int = 0
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every partition to its committed offset (noted only)."""
+        self.perform_seeks += 1
+
     def _new_offset(self, tp: Any) -> int | None:
         """Faust's commit offset without its gap check: one past the first consecutive run."""
         acked = sorted(self._acked.get(tp, []))
@@ -154,11 +161,17 @@ def app(consumer: FakeConsumer) -> FakeApp:
     return FakeApp(consumer)
 
 
-@pytest.fixture
-def guard(app: FakeApp, consumer: FakeConsumer) -> Iterator[OffsetGuard]:
+def positioned(app: FakeApp, consumer: FakeConsumer) -> OffsetGuard:
+    """A guard on `consumer` after Faust positioned the partitions and resumed the streams."""
     guard = OffsetGuard(cast(faust.App, app))
     guard.install(consumer)
-    yield guard
+    asyncio.run(consumer.perform_seek())
+    return guard
+
+
+@pytest.fixture
+def guard(app: FakeApp, consumer: FakeConsumer) -> Iterator[OffsetGuard]:
+    yield positioned(app, consumer)
 
 
 def record(
@@ -207,8 +220,7 @@ class TestAdmit:
         """A group's first generation starts at the log start, not wherever acks begin."""
         consumer = FakeConsumer(committed=None, earliest=40)
         app.consumer = consumer
-        guard = OffsetGuard(cast(faust.App, app))
-        guard.install(consumer)
+        guard = positioned(app, consumer)
         assert admit_all(guard, [record(consumer, 41), record(consumer, 40)]) == [False, True]
         assert consumer.seeks == [(TP, 40)]  # 41 came first: 40 was dropped, read it again
 
@@ -296,6 +308,51 @@ class TestAcks:
         assert len(warnings) == 1
         assert "quality.alerts.v1" in warnings[0].getMessage()
 
+    def test_records_before_faust_positioned_the_generation_wait_for_it(
+        self, app: FakeApp, consumer: FakeConsumer
+    ) -> None:
+        """Faust lets records flow while it restores the tables; they are read again later.
+
+        Handled then, they would meet half-restored tables and start the partition at a guess
+        (the committed offsets are read when the partitions are positioned).
+        """
+        guard = OffsetGuard(cast(faust.App, app))
+        guard.install(consumer)
+        early = record(consumer, 100)
+        assert admit_all(guard, [early]) == [False]
+        assert early.ack() is False and consumer.counted == []
+        asyncio.run(consumer.perform_seek())  # recovery done: partitions at their commits
+        events = [record(consumer, offset) for offset in (100, 101)]
+        assert admit_all(guard, events) == [True, True]
+        assert guard.counts.stale == 1
+
+    def test_a_generation_left_unpositioned_for_a_minute_is_reported_once(
+        self, app: FakeApp, consumer: FakeConsumer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A recovery that never ends would otherwise hold every record without a word."""
+        guard = OffsetGuard(cast(faust.App, app))
+        guard.install(consumer)
+        for now in (0.0, 30.0, 61.0, 120.0):
+            guard._note_unpositioned(now)
+        warnings = [r for r in caplog.records if "streams not resumed" in r.getMessage()]
+        assert [w.getMessage() for w in warnings] == [
+            "generation 7: streams not resumed 61 s after the flow was (table recovery still "
+            "running?); their records wait"
+        ]
+
+    def test_a_seek_back_while_the_flow_is_stopped_opens_no_generation(
+        self, app: FakeApp, consumer: FakeConsumer
+    ) -> None:
+        """Faust's fetcher also seeks to the commits mid-rebalance; that is not the resume."""
+        guard = positioned(app, consumer)
+        app.consumer_generation_id = 8
+        consumer.flow_active = False
+        asyncio.run(consumer.perform_seek())
+        consumer.flow_active = True
+        assert admit_all(guard, [record(consumer, 100, generation=8)]) == [False]
+        asyncio.run(consumer.perform_seek())
+        assert admit_all(guard, [record(consumer, 100, generation=8)]) == [True]
+
     def test_an_ack_after_the_generation_changed_does_not_count(
         self, guard: OffsetGuard, app: FakeApp, consumer: FakeConsumer
     ) -> None:
@@ -354,8 +411,7 @@ class TestCommits:
         """Faust knows no committed offset (a committed 0): acks 5 and 6 alone commit nothing."""
         consumer = FakeConsumer(committed=0, earliest=0)
         app.consumer = consumer
-        guard = OffsetGuard(cast(faust.App, app))
-        guard.install(consumer)
+        guard = positioned(app, consumer)
         events = [record(consumer, offset) for offset in range(7)]
         assert admit_all(guard, events) == [True] * 7
         for event in events[5:]:
@@ -418,3 +474,21 @@ class TestFaustInternals:
         assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
         assert "self._new_offset(tp)" in inspect.getsource(Consumer._filter_committable_offsets)
         assert "self._committed_offset.update" in inspect.getsource(Consumer.perform_seek)
+
+    def test_streams_resume_through_perform_seek_with_the_flow_on(self) -> None:
+        """The guard opens a generation when Faust positions its partitions after recovery.
+
+        Faust resumes the flow to read the changelogs, then seeks the stream partitions to
+        their commits (`perform_seek`) before resuming them; its fetcher also seeks back while
+        the flow is stopped.
+        """
+        from faust.tables.recovery import Recovery
+        from faust.transport.consumer import Consumer
+
+        resume = inspect.getsource(Recovery._resume_streams)
+        completed = inspect.getsource(Recovery.on_recovery_completed)
+        for source in (resume, completed):
+            assert source.index("consumer.perform_seek()") < source.index("flow_control.resume()")
+        assert "Resuming flow" in inspect.getsource(Recovery._restart_recovery.fun)
+        getmany = inspect.getsource(Consumer.getmany)
+        assert getmany.index("if self.flow_active") < getmany.index("self.perform_seek()")
