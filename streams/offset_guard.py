@@ -144,6 +144,8 @@ class OffsetGuard:
         #: the generation whose partitions Faust has sought to their committed offsets
         self._positioned: int | None = None
         self._unpositioned_since: tuple[int, float] | None = None  # (generation, loop time)
+        #: partition → highest offset refused as stale, until the flowing generation re-reads it
+        self._refused_stale: dict[Any, int] = {}
 
     def _keeps_faust_order(self, topic: str) -> bool:
         return topic in self._holes_topics or topic in self.app.tables.changelog_topics
@@ -271,6 +273,10 @@ class OffsetGuard:
             run = await self._run(reader, message.tp, generation)
         if run is None:  # read before this generation, during a rebalance, or while it began
             self.counts.stale += 1
+            # Read again once the generation flows: if no later record of the partition comes
+            # to reveal the gap, nothing else would (a quiet partition's tail would wait).
+            previous = self._refused_stale.get(message.tp, -1)
+            self._refused_stale[message.tp] = max(previous, message.offset)
             return self._refuse(event, mark=True)
         holes = message.topic in self._holes_topics
         verdict = admission(run.expected, message.offset, holes=holes)
@@ -298,6 +304,14 @@ class OffsetGuard:
         run = self._runs.get((reader, tp))
         if run is not None and run.generation == generation:
             return run
+        start = await self._generation_start(tp, generation)
+        if start is None:
+            return None
+        run = self._runs[(reader, tp)] = PartitionRun(generation=generation, expected=start)
+        return run
+
+    async def _generation_start(self, tp: Any, generation: int) -> int | None:
+        """The offset `generation` reads `tp` from; None if the generation ended meanwhile."""
         start = self._starts.get(tp)
         if start is None or start[0] != generation:
             key = (tp, generation)
@@ -312,8 +326,7 @@ class OffsetGuard:
             # every reader of the partition awaited the same lookup: the same start
             start = self._starts[tp] = (generation, offset)
             log.debug("%s: generation %d starts at offset %d", tp, generation, start[1])
-        run = self._runs[(reader, tp)] = PartitionRun(generation=generation, expected=start[1])
-        return run
+        return start[1]
 
     async def _start_offset(self, tp: Any) -> int:
         """Where this generation reads `tp` from: its committed offset, else the log start.
@@ -389,6 +402,7 @@ class OffsetGuard:
             return
         self._unpositioned_since = None
         assigned = self._consumer.assignment()
+        await self._reread_refused_stale(generation, assigned)
         for (_, tp), run in list(self._runs.items()):
             if (
                 run.generation == generation
@@ -398,6 +412,44 @@ class OffsetGuard:
             ):
                 log.warning("%s: still waiting for record %d; reading again", tp, run.expected)
                 await self._seek(tp, run)
+
+    async def _reread_refused_stale(self, generation: int, assigned: Any) -> None:
+        """Seek back every partition whose refused records this generation has not handled.
+
+        A record refused as stale (read before the generation flowed) is read again only if
+        something seeks its partition back; a later record past it would reveal the gap, but a
+        partition whose traffic has stopped gets none.
+        """
+        for tp, offset in list(self._refused_stale.items()):
+            if self._flowing_generation() != generation:
+                return
+            if tp not in assigned:
+                del self._refused_stale[tp]  # its next owner reads it from the committed offset
+                continue
+            runs = [
+                run
+                for (_, run_tp), run in self._runs.items()
+                if run_tp == tp and run.generation == generation
+            ]
+            if runs:
+                run = min(runs, key=lambda r: r.expected)
+            else:  # no record of it handled yet in this generation: read it from its start
+                start = await self._generation_start(tp, generation)
+                if start is None:
+                    return
+                run = PartitionRun(generation=generation, expected=start)
+            if run.expected > offset:
+                del self._refused_stale[tp]  # handled since
+                continue
+            if self._reread_pending(run):
+                continue
+            log.warning(
+                "%s: record %d was refused before the generation flowed; reading again from %d",
+                tp,
+                offset,
+                run.expected,
+            )
+            await self._seek(tp, run)
 
     def _note_unpositioned(self, now: float) -> None:
         """Warn once when records flow but Faust has not resumed the generation's streams."""
