@@ -24,8 +24,9 @@ pytestmark = pytest.mark.integration
 
 SINK_EVENTS = int(os.environ.get("CHAOS_SINK_KILL_EVENTS", "10000"))
 SINK_KILLS = int(os.environ.get("CHAOS_SINK_KILLS", "3"))
-WORKER_EVENTS = int(os.environ.get("CHAOS_WORKER_KILL_EVENTS", "10000"))
-WORKER_KILLS = int(os.environ.get("CHAOS_WORKER_KILLS", "4"))
+#: the issue's size: 100,000 events, the worker SIGKILLed every few seconds while they flow
+WORKER_EVENTS = int(os.environ.get("CHAOS_WORKER_KILL_EVENTS", "100000"))
+WORKER_KILLS = int(os.environ.get("CHAOS_WORKER_KILLS", "10"))
 #: seconds a restarted worker runs (after it has published again) before the next SIGKILL
 WORKER_KILL_EVERY = float(os.environ.get("CHAOS_WORKER_KILL_EVERY", "5"))
 
