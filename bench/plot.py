@@ -43,9 +43,15 @@ _GROUPS = (
 )
 
 
-def plot(document: Mapping[str, Any], path: Path) -> None:
-    """Two panels (Kafka side, Postgres side), median bars and run dots, written to `path`."""
+def plot(document: Mapping[str, Any], path: Path) -> bool:
+    """Two panels (Kafka side, Postgres side), median bars and run dots, written to `path`.
+
+    Nothing is drawn for a bench without throughput runs (`BENCH_REPEATS=0`, the other steps
+    only): a log scale has no axis without values. Returns whether the file was written.
+    """
     runs = runs_from_document(document)
+    if not runs:
+        return False
     rates = medians(runs)
     m = document["machine"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 3]})
@@ -75,6 +81,7 @@ def plot(document: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def plot_more(document: Mapping[str, Any], path: Path) -> None:

@@ -482,7 +482,8 @@ def main() -> None:
     json_path = RESULTS / f"{started_at}.json"
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     png_path = RESULTS / f"{started_at}.png"
-    plot(document, png_path)
+    if not plot(document, png_path):
+        print("no throughput runs (BENCH_REPEATS=0): no throughput plot")
     more_png = RESULTS / f"{started_at}-latency-scale-state.png"
     if extra:
         plot_more(document, more_png)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench.plot import plot
 from bench.results_model import (
     LABELS,
     SCHEMA_VERSION,
@@ -176,3 +179,26 @@ class TestUpsertedTables:
         older = [r for r in self._runs() if r.measurement in ("sink_alone", "copy")]
         names = [c.target for c in check_targets(medians(older))]
         assert names == ["end-to-end events/s", "end-to-end ÷ naive Faust", "sink ÷ raw COPY"]
+
+
+class TestPlot:
+    def _document(self, runs: list[Any]) -> dict[str, Any]:
+        return result_document(
+            started_at="2026-01-01T00-00-00Z",
+            machine={"nproc": 2, "memory_gib": 8.0, "cpu_model": "test"},
+            versions={"python": "3.11"},
+            parameters={"events": 1000, "repeats": 1},
+            runs=runs,
+        )
+
+    def test_throughput_runs_are_drawn(self, tmp_path: Path) -> None:
+        """A bench with throughput runs writes its PNG."""
+        path = tmp_path / "bench.png"
+        assert plot(self._document(_runs()), path) is True
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_a_bench_of_the_other_steps_only_draws_no_throughput_plot(self, tmp_path: Path) -> None:
+        """BENCH_REPEATS=0 with the scale step alone crashed on an empty log-scale axis."""
+        path = tmp_path / "bench.png"
+        assert plot(self._document([]), path) is False
+        assert not path.exists()
