@@ -9,6 +9,7 @@
     │   ├── DecodeError         the Avro body does not decode with its writer schema
     │   ├── EncodeError         a record to publish does not match its contract
     │   ├── NormalisationError  decoded, but not mappable to the canonical model
+    │   ├── LimitError          decoded, but a value breaks a limit (length, characters, time)
     │   └── IdempotencyConflict an event_id already accepted arrives with other content
     ├── CompatibilityError      a schema version breaks BACKWARD_TRANSITIVE compatibility
     └── StackError              a local Kafka or Postgres server could not be fetched or started
@@ -68,6 +69,13 @@ class NormalisationError(ContractError):
     """The record decoded but cannot be mapped to the canonical model."""
 
     reason_code = "normalise"
+
+
+class LimitError(ContractError):
+    """A decoded value breaks a boundary limit: too long, a control character, a time outside
+    the accepted window. The message names the field path and the limit."""
+
+    reason_code = "limits"
 
 
 class IdempotencyConflict(ContractError):

@@ -7,7 +7,7 @@ local stack (`qmsflow stack up`) is used.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -141,6 +141,26 @@ class Settings(BaseSettings):
         default=timedelta(days=7),
         description="QMSFLOW_DEDUP_RETENTION: how long an event_id is remembered (ISO 8601 or "
         "seconds). Replays older than this are still absorbed by the sink's primary key.",
+    )
+    max_clock_skew: timedelta = Field(
+        default=timedelta(minutes=15),
+        description="QMSFLOW_MAX_CLOCK_SKEW: how far a producer's timestamp may lie ahead of "
+        "this worker's clock (ISO 8601 or seconds). A later `occurred_at` or `recorded_at` is a "
+        "dead letter (reason `limits`), and no event-time watermark (dedup memory, CAPA "
+        "escalation) ever runs further ahead of the wall clock than this.",
+    )
+    earliest_event_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="QMSFLOW_EARLIEST_EVENT_TIME: the oldest `occurred_at` or `recorded_at` "
+        "accepted (ISO 8601); an earlier one is a dead letter (reason `limits`).",
+    )
+    dead_letter_max_bytes: int = Field(
+        default=256 * 1024,
+        ge=4096,
+        description="QMSFLOW_DEAD_LETTER_MAX_BYTES: most bytes of an original record (value plus "
+        "headers) a dead letter embeds. A larger original keeps its length, sha256 and first "
+        "bytes, so its dead letter always fits the topic's maximum message size; `qmsflow dlq "
+        "replay` re-reads the whole original from its source coordinates.",
     )
     sink_batch_size: int = Field(
         default=2000, description="QMSFLOW_SINK_BATCH_SIZE: most rows per sink transaction."
