@@ -72,8 +72,10 @@ class NormalisationError(ContractError):
 
 
 class LimitError(ContractError):
-    """A decoded value breaks a boundary limit: too long, a control character, a time outside
-    the accepted window. The message names the field path and the limit."""
+    """A decoded value breaks a boundary limit (length, characters, time window).
+
+    The message names the field path and the limit, so the producer knows what to fix.
+    """
 
     reason_code = "limits"
 

@@ -76,7 +76,14 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=faust_logging_config(settings),
     )
     codec = AvroCodec(open_registry(settings))
-    stage = IngestStage(codec, catalog, load_dictionary(), topic_prefix=settings.topic_prefix)
+    stage = IngestStage(
+        codec,
+        catalog,
+        load_dictionary(),
+        topic_prefix=settings.topic_prefix,
+        earliest_event_time=settings.earliest_event_time,
+        max_clock_skew=settings.max_clock_skew,
+    )
     register_ingest_agent(app, settings, stage, codec, catalog)
     feed = MasterDataFeed(settings, codec)
 

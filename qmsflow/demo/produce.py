@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from confluent_kafka import Producer
 
@@ -17,6 +17,7 @@ from qmsflow.demo.traffic import (
     PLANT,
     DemoRecord,
     DemoTraffic,
+    backdated_start,
     corrupt_payloads,
     with_duplicates,
 )
@@ -56,13 +57,13 @@ def produce_demo(
     are published halfway through, so events about them are parked and then released.
     `rate` caps records per second (None: as fast as the broker takes them). With a rate and no
     `start`, simulated time starts now and advances 1/rate per record, so each `recorded_at`
-    is close to when the record is sent; without a rate, it starts an hour ago.
+    is close to when the record is sent; without a rate, it ends at least an hour ago.
     """
     rng = random.Random(seed)
     codec = AvroCodec(open_registry(settings))
     producer = create_producer(settings)
     live = rate is not None and start is None
-    start = start or (datetime.now(UTC) if live else datetime.now(UTC) - timedelta(hours=1))
+    start = start or (datetime.now(UTC) if live else backdated_start(count, datetime.now(UTC)))
     gap = 1 / rate if live and rate else None
     traffic = DemoTraffic(seed, start) if gap is None else DemoTraffic(seed, start, PLANT, gap)
     report = ProduceReport()

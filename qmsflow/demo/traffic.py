@@ -577,6 +577,20 @@ def _decimal(value: float, places: int) -> Decimal:
     return Decimal(repr(round(value, places))).quantize(Decimal(1).scaleb(-places))
 
 
+def backdated_start(
+    count: int, now: datetime, mean_gap_seconds: float = _MEAN_GAP_SECONDS
+) -> datetime:
+    """A start from which `count` records end before `now`, the latest an event may be recorded.
+
+    Records are spaced by exponential gaps: their sum lies within a few standard deviations
+    (gap x sqrt(count)) of count x gap; an hour more keeps a short run's times in the past too.
+    Without it a long run's simulated time would pass the wall clock, and the worker refuses
+    events recorded beyond `QMSFLOW_MAX_CLOCK_SKEW` ahead of it.
+    """
+    spread = mean_gap_seconds * (count + 8 * count**0.5)
+    return now - timedelta(seconds=spread) - timedelta(hours=1)
+
+
 class DemoTraffic:
     """An endless, deterministic stream of realistic ingest records.
 

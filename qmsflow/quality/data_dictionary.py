@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qmsflow.errors import ConfigurationError, NormalisationError
+from qmsflow.quality.limits import BoundaryLimits
 
 CanonicalStatus = Literal["open", "in_progress", "in_review", "closed", "cancelled"]
 CanonicalSeverity = Literal["minor", "major", "critical"]
@@ -40,7 +41,7 @@ class Characteristic(BaseModel):
 
 
 class DataDictionary(BaseModel):
-    """Canonical statuses, severities, units and defect terms, keyed by lookup form."""
+    """Canonical statuses, severities, units and defect terms, keyed by lookup form; limits."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,6 +52,7 @@ class DataDictionary(BaseModel):
     defect_category: dict[str, str] = {}
     result: dict[str, str] = {}
     characteristic: dict[str, Characteristic] = {}
+    limits: BoundaryLimits
 
     def canonical_status(self, word: str, *, field: str = "status") -> CanonicalStatus:
         """Map a source status; an unknown one is a NormalisationError naming the word."""
@@ -101,6 +103,7 @@ def parse_dictionary(document: Mapping[str, Any]) -> DataDictionary:
             },
             result={term_key(k): v for k, v in document.get("result", {}).items()},
             characteristic={term_key(k): v for k, v in document.get("characteristic", {}).items()},
+            limits=document["limits"],
         )
     except (KeyError, ValidationError) as exc:
         raise ConfigurationError(f"config/data_dictionary.toml is invalid: {exc}") from exc

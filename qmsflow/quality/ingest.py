@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from qmsflow.contracts import AvroCodec
@@ -18,8 +18,14 @@ from qmsflow.quality.data_dictionary import DataDictionary
 from qmsflow.quality.dead_letter import DeadLetter, dead_letter
 from qmsflow.quality.dedup import SeenEvent, fingerprint, judge
 from qmsflow.quality.event import Coordinates, QualityEvent
+from qmsflow.quality.limits import RecordLimits
 from qmsflow.quality.normalise import normalise
+from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
+
+#: the event-time window when no settings are given (tests, tools): the settings' defaults
+_EARLIEST_EVENT_TIME: datetime = Settings.model_fields["earliest_event_time"].default
+_MAX_CLOCK_SKEW: timedelta = Settings.model_fields["max_clock_skew"].default
 
 CANONICAL_SUBJECT = "quality.events.v1-value"
 DEAD_LETTER_SUBJECT = "quality.dlq.v1-value"
@@ -81,9 +87,16 @@ class IngestStage:
         dictionary: DataDictionary,
         *,
         topic_prefix: str = "",
+        earliest_event_time: datetime = _EARLIEST_EVENT_TIME,
+        max_clock_skew: timedelta = _MAX_CLOCK_SKEW,
     ) -> None:
         self._codec = codec
         self._dictionary = dictionary
+        self._limits = RecordLimits(
+            dictionary.limits,
+            earliest_event_time=earliest_event_time,
+            max_clock_skew=max_clock_skew,
+        )
         #: physical topic → (event type it carries, its value subject)
         self._contracts = {
             f"{topic_prefix}{t.name}": (t.event_type or "", t.subject)
@@ -102,6 +115,8 @@ class IngestStage:
                 raise ContractError("value: expected an Avro record, got a tombstone (null)")
             decoded = self._codec.decode(message.value, subject)
             schema_id = decoded.schema.schema_id
+            now = datetime.now(UTC)
+            self._limits.check(decoded.record, now)
             return normalise(
                 decoded.record,
                 expected_event_type=event_type,
@@ -111,7 +126,7 @@ class IngestStage:
                 subject=decoded.schema.subject,
                 schema_version=decoded.schema.version,
                 dictionary=self._dictionary,
-                ingested_at=datetime.now(UTC),
+                ingested_at=now,
             )
         except ContractError as error:
             return self.reject(message, error, stage="normalise", schema_id=schema_id)

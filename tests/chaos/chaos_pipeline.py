@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from connectors.postgres_sink.migrations import migrate
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.demo.master_data import demo_master_data
 from qmsflow.demo.produce import DemoPublisher
-from qmsflow.demo.traffic import DemoRecord, DemoTraffic
+from qmsflow.demo.traffic import DemoRecord, DemoTraffic, backdated_start
 from qmsflow.kafka.admin import create_topics
 from qmsflow.kafka.producer import create_producer
 from qmsflow.reconcile import Ledger, ledger
@@ -110,7 +110,7 @@ class DemoSource:
 
     def __init__(self, settings: Settings, seed: int, count: int) -> None:
         self.settings = settings
-        start = datetime.now(UTC) - timedelta(hours=1)
+        start = backdated_start(count, datetime.now(UTC))
         self.records: list[DemoRecord] = list(DemoTraffic(seed, start).records(count))
         self.unique_ids = {r.record["event_id"] for r in self.records}
         self.sent = 0

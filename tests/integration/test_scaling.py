@@ -10,7 +10,7 @@ import time
 import tomllib
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,7 +19,7 @@ import pytest
 from connectors.postgres_sink.migrations import migrate
 from qmsflow.demo.master_data import demo_master_data
 from qmsflow.demo.produce import DemoPublisher
-from qmsflow.demo.traffic import DemoRecord, DemoTraffic, with_duplicates
+from qmsflow.demo.traffic import DemoRecord, DemoTraffic, backdated_start, with_duplicates
 from qmsflow.kafka.admin import create_topics, end_offsets
 from qmsflow.partitioner import partition_for
 from qmsflow.scaling import (
@@ -191,7 +191,8 @@ class TestScaleFourToEight:
         settings = pipeline.settings
         events = settings.topic("quality.events.v1")
         seed = zlib.crc32(settings.topic_prefix.encode())
-        start = datetime.now(UTC) - timedelta(hours=1)
+        # the master data covers 20,000 records: their simulated times all lie in the past
+        start = backdated_start(20_000, datetime.now(UTC))
         pipeline.start_worker()
         pipeline.start_sink()
         traffic = Traffic(settings, seed, start)
