@@ -436,9 +436,13 @@ def dlq_list(reason_code: str | None, stage: str | None, limit: int) -> None:
         )
     for letter in letters:
         replayed = f"  replayed {letter.replays}x" if letter.replays else ""
+        cut = "" if letter.holds_whole_original else (
+            f"  original cut ({letter.value_length} bytes, {letter.headers_dropped} headers "
+            "dropped): replay re-reads it from the source"
+        )  # fmt: skip
         click.echo(
             f"{letter.dead_letter_id}  {letter.reason_code:16} {letter.stage:10} {letter.source}"
-            f"  {letter.failed_at.isoformat()}{replayed}\n    {letter.reason}"
+            f"  {letter.failed_at.isoformat()}{replayed}{cut}\n    {letter.reason}"
         )
     click.echo(f"{len(letters)} dead letters")
 
@@ -451,7 +455,12 @@ def dlq_list(reason_code: str | None, stage: str | None, limit: int) -> None:
 def dlq_replay(
     ids: tuple[object, ...], reason_code: str | None, include_replayed: bool, dry_run: bool
 ) -> None:
-    """Re-produce dead letters' original records to their source topics, and record who did."""
+    """Re-produce dead letters' original records to their source topics, and record who did.
+
+    A dead letter holding only part of a large original is replayed with the whole original,
+    re-read from its source topic and checked against its sha256; when the source no longer has
+    it, that dead letter is named, not replayed, and the command fails after replaying the rest.
+    """
     import psycopg
 
     from qmsflow.dead_letters import replay, select_dead_letters
@@ -467,7 +476,12 @@ def dlq_replay(
             reason_code=reason_code,
             include_replayed=include_replayed,
         )
-        done = replay(conn, settings, letters, dry_run=dry_run, echo=click.echo)
+        try:
+            done = replay(conn, settings, letters, dry_run=dry_run, echo=click.echo)
+        finally:
+            # keep the audit rows of the acknowledged replays when others failed: leaving the
+            # block on an exception would roll them back
+            conn.commit()
     click.echo(f"{len(done)} dead letters {'would be ' if dry_run else ''}replayed")
 
 

@@ -22,6 +22,12 @@ import orjson
 
 from qmsflow.quality.correlation import IncidentStatus
 from qmsflow.quality.data_dictionary import CanonicalSeverity
+from qmsflow.quality.dead_letter import (
+    MAX_NAME_CHARS,
+    MAX_REASON_CHARS,
+    clean_text,
+    storable_text,
+)
 from qmsflow.quality.escalation import DUE_DATE_FIELD
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.golden_record import EntityKind
@@ -214,6 +220,10 @@ DEAD_LETTER_COLUMNS = (
     "original_timestamp",
     "failed_at",
     "schema_id",
+    "value_length",
+    "value_digest",
+    "value_truncated",
+    "headers_dropped",
     "kafka_topic",
     "kafka_partition",
     "kafka_offset",
@@ -221,18 +231,27 @@ DEAD_LETTER_COLUMNS = (
 
 
 def dead_letter_row(letter: Mapping[str, Any], at: Coordinates) -> Row:
-    """A `qms.dead_letter` row from a decoded `quality.dlq.v1` record."""
+    """A `qms.dead_letter` row from a decoded `quality.dlq.v1` record (v1 or v2).
+
+    Text is made storable again here, whoever wrote the record: a dead letter Postgres refuses
+    would become a dead letter of the sink, whose row could be refused the same way. jsonb
+    refuses NUL in header names too; such a name is stored with U+FFFD.
+    """
     original_ms = letter["original_timestamp"]
     headers = [
-        {"key": h["key"], "value": None if h["value"] is None else h["value"].hex()}
+        {
+            "key": clean_text(h["key"]),
+            "value": None if h["value"] is None else h["value"].hex(),
+        }
         for h in letter["headers"]
     ]
+    value_length = letter.get("value_length")
     return (
         letter["dead_letter_id"],
-        letter["reason_code"],
-        letter["reason"],
-        letter["stage"],
-        letter["topic"],
+        storable_text(letter["reason_code"], MAX_NAME_CHARS),
+        storable_text(letter["reason"], MAX_REASON_CHARS),
+        storable_text(letter["stage"], MAX_NAME_CHARS),
+        clean_text(letter["topic"]),
         letter["partition"],
         letter["offset"],
         letter["key"],
@@ -241,10 +260,21 @@ def dead_letter_row(letter: Mapping[str, Any], at: Coordinates) -> Row:
         None if original_ms is None else _from_millis(original_ms),
         letter["failed_at"],
         letter["schema_id"],
+        None if value_length is None or value_length < 0 else value_length,
+        _sha256_hex(letter.get("value_sha256")),
+        bool(letter.get("value_truncated", False)),
+        max(int(letter.get("headers_dropped", 0)), 0),
         at.topic,
         at.partition,
         at.offset,
     )
+
+
+def _sha256_hex(digest: str | None) -> str | None:
+    # only a well-formed digest is kept: replay compares it, and it must never fail the row
+    if digest is None or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return digest
 
 
 def _from_millis(value: int | datetime) -> datetime:

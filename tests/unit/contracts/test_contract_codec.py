@@ -305,6 +305,10 @@ class TestRoundTrip:
             "original_timestamp": datetime(2026, 4, 2, 13, 6, 0, 512000, tzinfo=UTC),
             "failed_at": datetime(2026, 4, 2, 13, 6, 1, tzinfo=UTC),
             "schema_id": None,
+            "value_length": 12,
+            "value_sha256": "0" * 64,
+            "value_truncated": False,
+            "headers_dropped": 0,
         }
         subject = "quality.dlq.v1-value"
         assert codec.decode(codec.encode(subject, record), subject).record == record
