@@ -14,17 +14,34 @@ Commit protocol (implemented here and nowhere else):
      written by upsert, DO UPDATE … WHERE the incoming row is newer), append the regulated
      records' hash-chained audit rows (`qmsflow.audit`), and upsert every touched
      partition's next offset into `qms.sink_offsets`; COMMIT;
+  4a. if Postgres refuses a row (`database_verdict` says REJECT_RECORD: a data exception, a
+     program limit, an integrity violation, a NUL psycopg will not send), that transaction is
+     rolled back and the batch is written again in a new one, split into SAVEPOINTs: a part
+     that fails is rolled back to its savepoint and halved, down to single records (a record
+     is all its tables' rows or none), and a record that fails on its own is rejected. The
+     audit rows are appended per part inside its savepoint, so only kept records are chained
+     (the chain head is read from the table each time, never cached). Each rejected record
+     becomes a dead letter (`sink-rejected`, stage `sink`, the database's message and SQLSTATE),
+     published and acknowledged before the COMMIT, which stores every partition's offset as in
+     step 4; a rejected record of the dead-letter topic itself is logged at ERROR and counted,
+     never re-lettered (that would loop; the original stays in Kafka). A clean batch costs
+     nothing extra: no savepoint, one COPY and one INSERT per table;
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
 A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
-again; a crash after it finds the offsets stored, so they are not. Losing Postgres (a restart,
-a failover, a network cut) is handled the same way without exiting: the buffer is dropped, the
-sink waits for the database with backoff, then seeks every assigned partition back to its
-stored offset, so a COMMIT whose answer was lost is neither redone nor missed. Rows are never
-doubled: the conflict key (the record's own deterministic id) absorbs the redelivery of a record
-already written under another offset, e.g. a republished event after an agent restart. An
-upserted row changes only when a record newer by its table's rule arrives (`rows.Upsert`), so
-a redelivered or older view writes nothing either.
+again (a dead letter already published is published again under its deterministic id, and
+`qms.dead_letter` stores it once); a crash after it finds the offsets stored, so they are not.
+Losing Postgres (SQLSTATE class 08, 57P01–57P03, or no answer at all) is handled the same way
+without exiting: the buffer is dropped, the sink waits for the database with backoff, then seeks
+every assigned partition back to its stored offset, so a COMMIT whose answer was lost is neither
+redone nor missed. Other refusals keep the buffer: a serialization failure or deadlock (40)
+writes the batch again at once, a shortage (53, 58, a lock or statement timeout) after a
+backoff; anything else (42 permissions or syntax, a missing table) is a configuration or code
+error, not a record's fault, and the sink exits naming it.
+Rows are never doubled: the conflict key (the record's own deterministic id) absorbs the
+redelivery of a record already written under another offset, e.g. a republished event after an
+agent restart. An upserted row changes only when a record newer by its table's rule arrives
+(`rows.Upsert`), so a redelivered or older view writes nothing either.
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from threading import Event
 from typing import Any
 
@@ -60,7 +78,7 @@ from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import Headers, header_pairs
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.logging_setup import configure_logging
-from qmsflow.quality.dead_letter import dead_letter
+from qmsflow.quality.dead_letter import DEFAULT_MAX_BYTES, dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings
@@ -71,9 +89,86 @@ log = logging.getLogger(__name__)
 _MAX_BATCH_LINKS = 128
 #: seconds between consumer-lag samples: Prometheus scrapes every 15–30 s, so finer is wasted
 _LAG_INTERVAL = 10.0
-#: backoff while Postgres is unreachable: the first retry soon, then at most this often
+#: backoff while Postgres is unreachable or short of resources: the first retry soon, then at
+#: most this often
 _RECONNECT_FIRST_SECONDS = 0.5
 _RECONNECT_MAX_SECONDS = 5.0
+#: the logical dead-letter topic: its records are never dead-lettered again (that would loop)
+DEAD_LETTER_TOPIC = "quality.dlq.v1"
+
+
+class SinkRejected(ContractError):
+    """Postgres refused a record's rows: a value its contract allows but a table does not."""
+
+    reason_code = "sink-rejected"
+
+    def __init__(self, error: psycopg.Error) -> None:
+        self.sqlstate = error.sqlstate
+        message = error.diag.message_primary or str(error) or type(error).__name__
+        if error.sqlstate is None:
+            where = "refused by psycopg before sending, no SQLSTATE"
+        else:
+            where = f"SQLSTATE {error.sqlstate}"
+        super().__init__(f"Postgres refused the record's rows: {message} ({where})")
+
+
+class DatabaseVerdict(Enum):
+    """What the sink does about an error Postgres (or psycopg) raised while writing."""
+
+    REJECT_RECORD = "reject-record"  # the record's own fault: dead-letter it, keep the rest
+    RECONNECT = "reconnect"  # the session is gone: drop the buffer, wait, rewind (step 1)
+    RETRY_BATCH = "retry-batch"  # a transient conflict: roll back and write the batch again
+    WAIT_AND_RETRY = "wait-and-retry"  # the server is short of something: back off, retry
+    FATAL = "fatal"  # a configuration or code error: no record's fault, exit naming it
+
+
+#: SQLSTATE classes of a record's own values: data exception, integrity violation, program limit
+_REJECT_CLASSES = frozenset({"22", "23", "54"})
+#: the server ends or refuses the session: admin/crash shutdown, cannot connect now
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+#: transient shortages: insufficient resources, system (I/O) errors, a lock or statement timeout
+_WAIT_CLASSES = frozenset({"53", "58"})
+_WAIT_STATES = frozenset({"55P03", "57014"})
+
+
+def database_verdict(error: psycopg.Error, *, connection_closed: bool = False) -> DatabaseVerdict:
+    """Classify a write error: a record to reject, a session to replace, a batch to retry, or fatal.
+
+    Pure: only the error's type and SQLSTATE (and whether the connection is closed) decide.
+    Client-side errors have no SQLSTATE: psycopg's DataError is a value it will not send (a NUL
+    in text), any other OperationalError a connection that failed; the rest are code errors.
+    """
+    if connection_closed:
+        return DatabaseVerdict.RECONNECT
+    state = error.sqlstate
+    if state is None:
+        if isinstance(error, psycopg.DataError):
+            return DatabaseVerdict.REJECT_RECORD
+        if isinstance(error, psycopg.OperationalError):
+            return DatabaseVerdict.RECONNECT
+        return DatabaseVerdict.FATAL
+    category = state[:2]
+    if category == "08" or state in _SESSION_ENDED:
+        return DatabaseVerdict.RECONNECT
+    if category in _REJECT_CLASSES:
+        return DatabaseVerdict.REJECT_RECORD
+    if category == "40":
+        return DatabaseVerdict.RETRY_BATCH
+    if category in _WAIT_CLASSES or state in _WAIT_STATES:
+        return DatabaseVerdict.WAIT_AND_RETRY
+    return DatabaseVerdict.FATAL
+
+
+@dataclass(slots=True)
+class BufferedRecord:
+    """One record's rows in every table it writes, with its original for a dead letter."""
+
+    at: Coordinates
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+    timestamp_ms: int | None
+    rows: list[tuple[str, list[Row]]]
 
 
 @dataclass
@@ -84,6 +179,7 @@ class SinkStats:
     rows_offered: int = 0
     rows_inserted: int = 0  # inserted or, by an upsert, replaced
     dead_letters: int = 0
+    records_rejected: int = 0  # records whose rows Postgres refused (step 4a)
     last_flush_seconds: float = 0.0
     by_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -100,15 +196,20 @@ class PostgresSink:
         topic_prefix: str = "",
         bindings: Sequence[TableBinding] = BINDINGS,
         dead_letters: Callable[[list[dict[str, Any]]], None] | None = None,
+        dead_letter_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._conn = conn
         self._codec = codec
         self._group = consumer_group
         self._bindings = {f"{topic_prefix}{b.topic}": b for b in bindings}
+        self._writes = {w.table: w for b in bindings for w in b.writes}
         self._publish_dead_letters = dead_letters
+        self._dead_letter_max_bytes = dead_letter_max_bytes
         self._rows: dict[str, list[Row]] = defaultdict(list)
+        self._records: list[BufferedRecord] = []
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._dead: list[dict[str, Any]] = []
+        self._dead_published = 0  # of this batch's dead letters, already acknowledged
         self.stats = SinkStats()
 
     @property
@@ -118,7 +219,7 @@ class PostgresSink:
 
     @property
     def pending(self) -> int:
-        """Records added since the last flush."""
+        """Rows and dead letters buffered since the last flush."""
         return sum(len(r) for r in self._rows.values()) + len(self._dead)
 
     def stored_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -157,60 +258,172 @@ class PostgresSink:
                 mapped = [(w.table, w.to_rows(record, at)) for w in binding.writes]
             for table, rows in mapped:
                 self._rows[table].extend(rows)
+            if mapped:
+                self._records.append(BufferedRecord(at, key, value, headers, timestamp_ms, mapped))
         except (ContractError, KeyError, TypeError, ValueError) as error:
-            self._dead.append(
-                dict(
-                    dead_letter(
-                        error,
-                        stage="sink",
-                        coordinates=at,
-                        key=key,
-                        value=value,
-                        headers=headers,
-                        timestamp_ms=timestamp_ms,
-                        failed_at=datetime.now(UTC),
-                    )
-                )
-            )
+            self._dead.append(self._dead_letter(error, at, key, value, headers, timestamp_ms))
         self._next_offsets[(topic, partition)] = offset + 1
 
     def flush(self) -> dict[tuple[str, int], int]:
-        """Write everything buffered (steps 3–4); return the offsets now committed."""
+        """Write everything buffered (steps 3–4a); return the offsets now committed.
+
+        On an error other than a rejected row, the buffer is kept: flushing again retries it.
+        """
         if not self._next_offsets:
             return {}
         started = time.perf_counter()
-        if self._dead:
-            if self._publish_dead_letters is None:
-                raise RuntimeError("undecodable records but no dead-letter publisher configured")
-            self._publish_dead_letters(self._dead)
-        writes = {w.table: w for b in self._bindings.values() for w in b.writes}
-        inserted = 0
-        with self._conn.transaction():
-            for table, rows in self._rows.items():
-                if rows:
-                    n = _write(self._conn, writes[table], rows)
-                    inserted += n
-                    self.stats.by_table[table] += n
-            # Part 11 audit trail: the regulated records' chained audit rows, in this same
-            # transaction (protocol in qmsflow.audit)
-            append_audit_trail(
-                self._conn, {t: (writes[t].columns, rows) for t, rows in self._rows.items()}
-            )
-            with self._conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO qms.sink_offsets (consumer_group, topic, partition, next_offset)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition)"
-                    " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-                    [(self._group, t, p, o) for (t, p), o in self._next_offsets.items()],
-                )
+        if len(self._dead) > self._dead_published:
+            self._publish(self._dead[self._dead_published :])
+            self._dead_published = len(self._dead)
+        rejected: list[tuple[BufferedRecord, psycopg.Error]] = []
+        relettered = 0
+        written: dict[str, int]
+        try:
+            with self._conn.transaction():
+                written = self._write_tables(self._rows, fresh_staging=False)
+                self._store_offsets()
+        except psycopg.Error as error:
+            if database_verdict(error, connection_closed=self._conn.closed) is not (
+                DatabaseVerdict.REJECT_RECORD
+            ):
+                raise
+            log.warning("Postgres refused the batch (%s); finding the records at fault", error)
+            written = defaultdict(int)
+            with self._conn.transaction():
+                self._write_bisected(self._records, written, rejected, known_to_fail=True)
+                relettered = self._reject(rejected)
+                self._store_offsets()
         committed = dict(self._next_offsets)
         self.stats.batches += 1
         self.stats.rows_offered += sum(len(r) for r in self._rows.values())
-        self.stats.rows_inserted += inserted
-        self.stats.dead_letters += len(self._dead)
+        for table, n in written.items():
+            self.stats.by_table[table] += n
+        self.stats.rows_inserted += sum(written.values())
+        self.stats.records_rejected += len(rejected)
+        self.stats.dead_letters += len(self._dead) + relettered
         self.stats.last_flush_seconds = time.perf_counter() - started
         self.discard()
         return committed
+
+    def _write_tables(
+        self, rows_by_table: Mapping[str, list[Row]], *, fresh_staging: bool
+    ) -> dict[str, int]:
+        """Each table's rows, then their audit trail; the rows inserted or updated per table."""
+        writes = self._writes
+        written: dict[str, int] = {}
+        for table, rows in rows_by_table.items():
+            if rows:
+                written[table] = _write(self._conn, writes[table], rows, fresh_staging)
+        # Part 11 audit trail: the regulated records' chained audit rows, in this same
+        # transaction (protocol in qmsflow.audit)
+        append_audit_trail(
+            self._conn, {t: (writes[t].columns, rows) for t, rows in rows_by_table.items()}
+        )
+        return written
+
+    def _write_bisected(
+        self,
+        records: list[BufferedRecord],
+        written: dict[str, int],
+        rejected: list[tuple[BufferedRecord, psycopg.Error]],
+        *,
+        known_to_fail: bool,
+    ) -> None:
+        """Write `records` under a savepoint; if Postgres refuses a row, halve and recurse.
+
+        A part `known_to_fail` (the whole batch, or the second half after a clean first half) is
+        halved without trying it; a single record is always tried on its own before rejection.
+        """
+        if not records:
+            return
+        if not known_to_fail or len(records) == 1:
+            try:
+                with self._conn.transaction():  # nested: a SAVEPOINT
+                    part = self._write_tables(_rows_by_table(records), fresh_staging=True)
+            except psycopg.Error as error:
+                if database_verdict(error, connection_closed=self._conn.closed) is not (
+                    DatabaseVerdict.REJECT_RECORD
+                ):
+                    raise
+                if len(records) == 1:
+                    rejected.append((records[0], error))
+                    return
+            else:
+                for table, n in part.items():
+                    written[table] += n
+                return
+        middle = len(records) // 2
+        before = len(rejected)
+        self._write_bisected(records[:middle], written, rejected, known_to_fail=False)
+        clean_first_half = len(rejected) == before
+        self._write_bisected(records[middle:], written, rejected, known_to_fail=clean_first_half)
+
+    def _reject(self, rejected: list[tuple[BufferedRecord, psycopg.Error]]) -> int:
+        """Dead-letter the records Postgres refused, before the caller's COMMIT; how many."""
+        letters = []
+        for record, error in rejected:
+            refusal = SinkRejected(error)
+            if self._bindings[record.at.topic].topic == DEAD_LETTER_TOPIC:
+                # a dead letter of a dead letter would be refused again, and again: log it; the
+                # original stays on the dead-letter topic
+                log.error(
+                    "dead letter %s[%d]@%d not stored and not re-lettered: %s",
+                    *record.at,
+                    refusal,
+                )
+                telemetry.record_dead_letter("sink", "sink-rejected-dead-letter")
+                continue
+            log.warning("record %s[%d]@%d rejected: %s", *record.at, refusal)
+            letters.append(
+                self._dead_letter(
+                    refusal,
+                    record.at,
+                    record.key,
+                    record.value,
+                    record.headers,
+                    record.timestamp_ms,
+                )
+            )
+        if letters:
+            self._publish(letters)
+        return len(letters)
+
+    def _dead_letter(
+        self,
+        error: Exception,
+        at: Coordinates,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+        timestamp_ms: int | None,
+    ) -> dict[str, Any]:
+        return dict(
+            dead_letter(
+                error,
+                stage="sink",
+                coordinates=at,
+                key=key,
+                value=value,
+                headers=headers,
+                timestamp_ms=timestamp_ms,
+                failed_at=datetime.now(UTC),
+                max_bytes=self._dead_letter_max_bytes,
+            )
+        )
+
+    def _publish(self, letters: list[dict[str, Any]]) -> None:
+        if self._publish_dead_letters is None:
+            raise RuntimeError("records to dead-letter but no dead-letter publisher configured")
+        self._publish_dead_letters(letters)
+
+    def _store_offsets(self) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO qms.sink_offsets (consumer_group, topic, partition, next_offset)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition)"
+                " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                [(self._group, t, p, o) for (t, p), o in self._next_offsets.items()],
+            )
 
     def reconnected(self, conn: psycopg.Connection[Any]) -> None:
         """Continue on a new connection after the old one was lost; the buffer is dropped."""
@@ -220,8 +433,19 @@ class PostgresSink:
     def discard(self) -> None:
         """Drop everything buffered (after a flush, or when partitions are taken away)."""
         self._rows.clear()
+        self._records.clear()
         self._next_offsets.clear()
         self._dead.clear()
+        self._dead_published = 0
+
+
+def _rows_by_table(records: Iterable[BufferedRecord]) -> dict[str, list[Row]]:
+    """The records' rows per table, in record order."""
+    by_table: dict[str, list[Row]] = defaultdict(list)
+    for record in records:
+        for table, rows in record.rows:
+            by_table[table].extend(rows)
+    return by_table
 
 
 def _tombstone_rows(
@@ -240,18 +464,22 @@ def _tombstone_rows(
     ]
 
 
-def _write(conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row]) -> int:
+def _write(
+    conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row], fresh_staging: bool = False
+) -> int:
     """COPY into a staging table, then one INSERT that skips (or, upserting, updates) stored keys.
 
-    Returns the rows inserted or updated.
+    `fresh_staging` empties the staging table first: within one transaction a savepoint that
+    was kept (step 4a) leaves its rows there until COMMIT. Returns the rows inserted or updated.
     """
     staging = "sink_staging_" + write.table.replace(".", "_")
     columns = ", ".join(write.columns)
     key = ", ".join(write.key)
-    conn.execute(
+    create = (
         f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
         f"(LIKE {write.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    conn.execute(f"{create}; DELETE FROM {staging}" if fresh_staging else create)
     if write.upsert is None:
         # A batch may hold one key twice (a republished record). DISTINCT ON keeps the earliest
         # copy, so lineage points at the first delivery.
@@ -319,6 +547,7 @@ def run_sink(
         consumer_group=group,
         topic_prefix=settings.topic_prefix,
         dead_letters=publish_dead_letters,
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
     )
     consumer = Consumer(
         {
@@ -350,6 +579,7 @@ def run_sink(
     lag_sampled = time.monotonic()
     # per-record spans only when they are exported: unexported, they cost 13% of the sink
     exporting = telemetry.exporting()
+    backoff = _RECONNECT_FIRST_SECONDS  # while Postgres is short of resources (53, 58, …)
     try:
         while not stop.is_set():
             try:
@@ -375,14 +605,40 @@ def run_sink(
                         traced.append((logical, headers))
                 if sink.pending:
                     _flush_traced(consumer, sink, traced)
-            except psycopg.OperationalError as error:
-                fresh = _reconnect(settings, conn, stop, error, application_name)
-                if fresh is None:
-                    break  # stopped while waiting for Postgres: the records are read again
-                conn = fresh
-                sink.reconnected(conn)
-                _rewind_to_stored(consumer, sink)
-                continue
+                    backoff = _RECONNECT_FIRST_SECONDS
+            except psycopg.Error as error:
+                verdict = database_verdict(error, connection_closed=conn.closed)
+                if verdict is DatabaseVerdict.RECONNECT:
+                    fresh = _reconnect(settings, conn, stop, error, application_name)
+                    if fresh is None:
+                        break  # stopped while waiting for Postgres: the records are read again
+                    conn = fresh
+                    sink.reconnected(conn)
+                    _rewind_to_stored(consumer, sink)
+                    continue
+                if verdict is DatabaseVerdict.RETRY_BATCH:
+                    # the buffer is kept: the next pass flushes it again, with what it consumes
+                    log.warning("Postgres rolled the batch back (%s); writing it again", error)
+                    continue
+                if verdict is DatabaseVerdict.WAIT_AND_RETRY:
+                    log.warning(
+                        "Postgres cannot take the batch now (%s, SQLSTATE %s); retry in %.1f s",
+                        error,
+                        error.sqlstate,
+                        backoff,
+                    )
+                    if stop.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, _RECONNECT_MAX_SECONDS)
+                    continue
+                # FATAL, or a record's error outside the rows (step 4a found no record at fault)
+                log.critical(
+                    "Postgres refused the sink's own statements (%s, SQLSTATE %s): a configuration"
+                    " or code error, not a record's fault; the sink stops, nothing is committed",
+                    error,
+                    error.sqlstate,
+                )
+                raise
             if time.monotonic() - lag_sampled >= _LAG_INTERVAL:
                 _report_lag(consumer, group)
                 lag_sampled = time.monotonic()
@@ -398,7 +654,7 @@ def _reconnect(
     settings: Settings,
     lost: psycopg.Connection[Any],
     stop: Event,
-    error: psycopg.OperationalError,
+    error: psycopg.Error,
     application_name: str,
 ) -> psycopg.Connection[Any] | None:
     """Wait for Postgres with capped backoff; the new connection, or None once stopped."""
