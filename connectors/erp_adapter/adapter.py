@@ -288,6 +288,7 @@ class ErpAdapter:
             headers=header_pairs(message.headers()),
             timestamp_ms=timestamp if timestamp_type else None,
             failed_at=datetime.now(UTC),
+            max_bytes=self._settings.dead_letter_max_bytes,
         )
         if self._producer is None:
             self._producer = Producer(producer_config(self._settings))

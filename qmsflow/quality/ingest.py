@@ -15,7 +15,7 @@ from typing import Literal
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError, IdempotencyConflict
 from qmsflow.quality.data_dictionary import DataDictionary
-from qmsflow.quality.dead_letter import DeadLetter, dead_letter
+from qmsflow.quality.dead_letter import DEFAULT_MAX_BYTES, DeadLetter, dead_letter
 from qmsflow.quality.dedup import SeenEvent, fingerprint, judge
 from qmsflow.quality.event import Coordinates, QualityEvent
 from qmsflow.quality.limits import RecordLimits
@@ -89,8 +89,10 @@ class IngestStage:
         topic_prefix: str = "",
         earliest_event_time: datetime = _EARLIEST_EVENT_TIME,
         max_clock_skew: timedelta = _MAX_CLOCK_SKEW,
+        dead_letter_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._codec = codec
+        self._dead_letter_max_bytes = dead_letter_max_bytes
         self._dictionary = dictionary
         self._limits = RecordLimits(
             dictionary.limits,
@@ -150,9 +152,8 @@ class IngestStage:
         recorded_us = int(event["recorded_at"].timestamp() * 1_000_000)
         return Emit(event, SeenEvent(digest, recorded_us, message.partition))
 
-    @staticmethod
     def reject(
-        message: RawMessage, error: Exception, *, stage: str, schema_id: int | None = None
+        self, message: RawMessage, error: Exception, *, stage: str, schema_id: int | None = None
     ) -> DeadLettered:
         """The dead letter for a message that failed at a stage."""
         return DeadLettered(
@@ -166,5 +167,6 @@ class IngestStage:
                 timestamp_ms=message.timestamp_ms,
                 failed_at=datetime.now(UTC),
                 schema_id=schema_id,
+                max_bytes=self._dead_letter_max_bytes,
             )
         )

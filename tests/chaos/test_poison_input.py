@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import struct
 import time
 import zlib
@@ -14,9 +16,11 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from qmsflow.contracts import open_registry
-from qmsflow.kafka.producer import create_producer
+from qmsflow.settings import Settings
 from tests.chaos.chaos_pipeline import (
     ChaosPipeline,
     DemoSource,
@@ -24,6 +28,12 @@ from tests.chaos.chaos_pipeline import (
     send_raw,
     settle,
 )
+from tests.integration.boundary_poison import (
+    boundary_poison,
+    large_message_producer,
+    near_limit_poison,
+)
+from tests.integration.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +44,12 @@ COPIES = int(os.environ.get("CHAOS_POISON_COPIES", "5"))
 OUT_OF_RANGE_MICROS = 1 << 62
 #: a sentinel instant whose encoding is found and replaced in an encoded body
 SENTINEL = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+#: the CDC table whose topic carries the deeply nested change records
+CDC_TABLE = "cmms.asset"
+#: nesting of the JSON in those change records: far past Python's recursion limit
+CDC_NESTING = 10_000
+
+Coordinates = tuple[str, int, int]
 
 
 def _zigzag(n: int) -> bytes:
@@ -95,7 +111,37 @@ def poison_kinds(source: DemoSource) -> dict[str, Callable[[int], tuple[str, byt
         topic, _, value = variant(n)
         return topic, b"no-such-line", value
 
+    def boundary(kind: str) -> Callable[[int], tuple[str, bytes, bytes]]:
+        # valid Avro whose values a later stage could not take (issue 15): a fresh id per copy
+        def build(n: int) -> tuple[str, bytes, bytes]:
+            rng = random.Random(n)
+            if kind == "near limit":
+                return source.encoded(near_limit_poison(source.records, rng, source.codec).record)
+            chosen = next(p for p in boundary_poison(source.records, rng) if p.kind == kind)
+            return source.encoded(chosen.record)
+
+        return build
+
+    def cdc_nested(n: int) -> tuple[str, bytes, bytes]:
+        key = json.dumps({"equipment_id": f"EQ-NESTED-{n}"}).encode()
+        spec = "[" * CDC_NESTING + "]" * CDC_NESTING
+        source_block = {"connector": "postgresql", "name": "cdc.erp", "ts_ms": 1, "db": "plant"}
+        envelope = json.dumps(
+            {
+                "before": None,
+                "after": {"equipment_id": f"EQ-NESTED-{n}", "spec": "SPEC"},
+                "op": "c",
+                "source": {**source_block, "schema": "cmms", "table": "asset", "lsn": n},
+                "ts_ms": 2,
+            }
+        ).replace('"SPEC"', spec)  # json.dumps itself cannot nest this deep
+        return source.settings.topic(f"cdc.erp.{CDC_TABLE}"), key, envelope.encode()
+
+    boundary_kinds = [p.kind for p in boundary_poison(source.records, random.Random(0))]
     return {
+        **{kind: boundary(kind) for kind in boundary_kinds},
+        "record at 99% of the maximum message size": boundary("near limit"),
+        f"CDC JSON nested {CDC_NESTING:,} levels": cdc_nested,
         "bad magic byte": bad_magic,
         "unknown schema id": unknown_schema,
         "truncated Avro": truncated,
@@ -121,11 +167,24 @@ class TestPoisonInput:
         settings = scenario_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
         source = DemoSource(settings, zlib.crc32(topic_prefix.encode()), EVENTS)
         kinds = poison_kinds(source)
+        _create_cdc_topic(settings)
         pipeline = ChaosPipeline(settings, tmp_path)
-        producer = create_producer(settings)
+        # an ordinary producer, allowed up to the broker's limit (librdkafka's default is lower)
+        producer = large_message_producer(settings)
         poison_by_kind: dict[str, int] = {}
-        sent_values: dict[bytes, str] = {}
+        sent_at: dict[Coordinates, str] = {}
         refused: list[KafkaError] = []
+
+        def placed(kind: str) -> Callable[[KafkaError | None, Message], None]:
+            def note(error: KafkaError | None, message: Message) -> None:
+                if error is not None:
+                    refused.append(error)
+                else:
+                    where = (message.topic() or "", message.partition() or 0, message.offset() or 0)
+                    sent_at[where] = kind
+
+            return note
+
         try:
             pipeline.start_worker()
             pipeline.start_sink()
@@ -138,18 +197,18 @@ class TestPoisonInput:
                 for name, build in kinds.items():
                     n += 1
                     topic, key, value = build(n)
-                    send_raw(producer, topic, key, value)
-                    sent_values[value] = name
+                    send_raw(producer, topic, key, value, on_delivery=placed(name))
                     poison_by_kind[name] = poison_by_kind.get(name, 0) + 1
             source.send(source.records[(COPIES + 1) * chunk :], producer=producer)
             assert producer.flush(60) == 0
+            assert not refused, refused
 
             def refuse(error: KafkaError | None, _message: Message) -> None:
                 if error is not None:
                     refused.append(error)
 
             topic, key, _ = source.encoded(source.records[0])
-            try:  # librdkafka refuses it before sending; the broker would too (1 MB limit)
+            try:  # librdkafka refuses it before sending; the broker would too (1 MiB limit)
                 producer.produce(
                     topic, key=key, value=b"\x00" * (2 * 1024 * 1024), on_delivery=refuse
                 )
@@ -172,7 +231,7 @@ class TestPoisonInput:
         assert refused and refused[0].code() == KafkaError.MSG_SIZE_TOO_LARGE, refused
         account.figures["poison kinds"] = len(kinds)
         account.figures["2 MB records refused by the producer"] = len(refused)
-        by_kind = _reasons_by_kind(settings.dsn, settings.topic("quality.dlq.v1"), sent_values)
+        by_kind = _reasons_by_kind(settings.dsn, settings.topic("quality.dlq.v1"), sent_at)
         account.notes.update({kind: ", ".join(sorted(codes)) for kind, codes in by_kind.items()})
         record_ledger(account, seconds=time.monotonic() - started)
         assert account.dead_letters == poison == len(kinds) * COPIES
@@ -180,14 +239,36 @@ class TestPoisonInput:
         assert all(len(codes) == 1 for codes in by_kind.values()), by_kind
 
 
-def _reasons_by_kind(dsn: str, dlq_topic: str, sent: dict[bytes, str]) -> dict[str, set[str]]:
-    """The reason codes each poison kind's dead letters carry, matched by their original bytes."""
+def _reasons_by_kind(dsn: str, dlq_topic: str, sent: dict[Coordinates, str]) -> dict[str, set[str]]:
+    """The reason codes each poison kind's dead letters carry, matched by their source coordinates.
+
+    (Not by the original bytes: a dead letter of a near-limit record keeps only their start.)
+    """
     with psycopg.connect(dsn) as conn:
         letters = conn.execute(
-            "SELECT original_value, reason_code FROM qms.dead_letter WHERE kafka_topic = %s",
+            "SELECT source_topic, source_partition, source_offset, reason_code"
+            " FROM qms.dead_letter WHERE kafka_topic = %s",
             (dlq_topic,),
         ).fetchall()
     by_kind: dict[str, set[str]] = {}
-    for value, code in letters:
-        by_kind.setdefault(sent.get(bytes(value), "not sent as poison"), set()).add(code)
+    for topic, partition, offset, code in letters:
+        kind = sent.get((topic, partition, offset), "not sent as poison")
+        by_kind.setdefault(kind, set()).add(code)
     return by_kind
+
+
+def _create_cdc_topic(settings: Settings) -> None:
+    """The CDC topic of the nested change records, as Debezium makes it, before the worker starts.
+
+    The worker subscribes to the CDC topics the broker lists at start-up.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topic = settings.topic(f"cdc.erp.{CDC_TABLE}")
+    new = NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})
+    for future in admin.create_topics([new], operation_timeout=30).values():
+        future.result()
+    wait_for(
+        lambda: topic in admin.list_topics(timeout=10).topics,
+        timeout=60,
+        what=f"the broker to list {topic}",
+    )
