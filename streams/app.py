@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_prefix=settings.topic_prefix,
         earliest_event_time=settings.earliest_event_time,
         max_clock_skew=settings.max_clock_skew,
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
     )
     register_ingest_agent(app, settings, stage, codec, catalog)
     feed = MasterDataFeed(settings, codec)

@@ -2,7 +2,8 @@
 
 Consumes `quality.correlation.v1` (key = root-cause key such as `lot:L2611-0042`) and the ticks.
 On a tick it closes the partition's incidents that have been quiet for the rules' quiet period,
-measured in event time (the newest `occurred_at` seen on the partition), so replays agree.
+measured in event time (the newest `occurred_at` seen on the partition, never further ahead of
+the wall clock than `max_clock_skew`: qmsflow/quality/event_time.py), so replays agree.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.correlation import IncidentState, close_quiet, correlate, load_rules
 from qmsflow.quality.event import QualityEvent, event_from_avro
+from qmsflow.quality.event_time import advance, ceiling, clamp
 from qmsflow.quality.ingest import CANONICAL_SUBJECT
 from qmsflow.quality.sla import SlaVerdict, load_sla_rules
 from qmsflow.quality.sla import check as check_sla
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
-from streams.processing import BatchOutbox, consume_batches, handling
+from streams.processing import BatchOutbox, DeadLetters, consume_batches, handling
 from streams.quality import StagedWrites
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ def register_correlate_agent(
     sla_out = app.topic(
         settings.topic("ops.sla-breaches.v1"), key_serializer="raw", value_serializer="raw"
     )
+    dlq = app.topic(settings.topic("quality.dlq.v1"), key_serializer="raw", value_serializer="raw")
     sla_rules = load_sla_rules()
     incidents = app.Table("incidents", default=None, key_type=str, partitions=partitions)
     watermarks = app.Table(
@@ -97,10 +100,12 @@ def register_correlate_agent(
         else:
             keys_of(partition).discard(state.root_cause_key)
 
-    def on_event(message: Any, outbox: BatchOutbox, writes: StagedWrites, after: After) -> None:
+    def on_event(
+        message: Any, outbox: BatchOutbox, writes: StagedWrites, after: After, limit: datetime
+    ) -> None:
         incoming = header_pairs(message.headers)
         with telemetry.stage_span("correlate", incoming) as span:
-            on_traced_event(message, span, incoming, outbox, writes, after)
+            on_traced_event(message, span, incoming, outbox, writes, after, limit)
 
     def on_traced_event(
         message: Any,
@@ -109,11 +114,14 @@ def register_correlate_agent(
         outbox: BatchOutbox,
         writes: StagedWrites,
         after: After,
+        limit: datetime,
     ) -> None:
+        """`limit`: the latest event time the partition's watermark may reach now."""
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
         except ContractError:
-            # Written by the quality agent from an already decoded event: a bug, not input.
+            # Written by the quality agent from an already decoded event: a bug, not input;
+            # streams.processing dead-letters it (stage "correlate") and the partition goes on.
             log.exception("undecodable record on %s", message.topic)
             raise
         telemetry.annotate(span, event)
@@ -148,14 +156,16 @@ def register_correlate_agent(
             store(writes, message.partition, result.state)
         mark = str(message.partition)
         previous = writes.get(watermarks, mark)
-        if previous is None or datetime.fromisoformat(previous) < event["occurred_at"]:
-            writes.put(watermarks, mark, event["occurred_at"].isoformat())
+        stored = None if previous is None else datetime.fromisoformat(previous)
+        watermark = advance(stored, event["occurred_at"], limit)  # a poisoned one comes down
+        if watermark != stored:
+            writes.put(watermarks, mark, watermark.isoformat())
 
-    def on_tick(message: Any, outbox: BatchOutbox, writes: StagedWrites) -> None:
+    def on_tick(message: Any, outbox: BatchOutbox, writes: StagedWrites, limit: datetime) -> None:
         stored_watermark = writes.get(watermarks, str(message.partition))
         if stored_watermark is None:
             return
-        watermark = datetime.fromisoformat(stored_watermark)
+        watermark = clamp(datetime.fromisoformat(stored_watermark), limit)
         outbox.event_type = None
         for key in sorted(keys_of(message.partition)):
             stored = writes.get(incidents, key)
@@ -173,12 +183,13 @@ def register_correlate_agent(
         outbox = BatchOutbox(codec, stage="correlate", topic_prefix=settings.topic_prefix)
         writes = StagedWrites()
         after: After = []
+        limit = ceiling(datetime.now(UTC), settings.max_clock_skew)
         for event in events:
             handling(event)
             if event.message.topic == ticks_topic:
-                on_tick(event.message, outbox, writes)
+                on_tick(event.message, outbox, writes, limit)
             else:
-                on_event(event.message, outbox, writes, after)
+                on_event(event.message, outbox, writes, after, limit)
         await outbox.deliver()
         writes.apply()
         for record_metrics in after:
@@ -190,6 +201,9 @@ def register_correlate_agent(
             app,
             stream,
             handle_batch,
+            dead_letters=DeadLetters(
+                dlq, codec, "correlate", settings.topic_prefix, settings.dead_letter_max_bytes
+            ),
             on_failure=open_keys.clear,
             max_records=settings.stream_batch_max,
         )

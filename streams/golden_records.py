@@ -11,7 +11,10 @@ qmsflow/quality/golden_record.py; this module only moves records):
      Kafka tombstone, so compaction and every MasterDataFeed forget it), each new conflict on
      `md.conflicts.v1` and each SCD-2 row on `md.history.v1`, and wait for every acknowledgement
      (streams/outbox.py);
-  5. only then write the new state to the table; the whole handler runs under `consume()`.
+  5. only then write the new state to the table; the whole handler runs under `consume()`, which
+     dead-letters (stage "master-data", reason `unexpected`) a record that fails unforeseen.
+JSON nested deeper than `qmsflow.quality.cdc.MAX_NESTING` is refused by `parse_change` (a
+LimitError, reason `limits`) before anything recursive reads it, and dead-lettered in step 1.
 A golden record still lacking a required field is withheld from its md topic (logged and
 counted) while its state, history and conflicts go on: it is published once a source fills it.
 
@@ -70,7 +73,7 @@ from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings
 from streams.offset_guard import offset_guard
 from streams.outbox import Outbox
-from streams.processing import consume
+from streams.processing import DeadLetters, consume
 
 __all__ = [
     "CDC_TOPICS",
@@ -266,6 +269,7 @@ def register_golden_record_agent(app: faust.App, settings: Settings, codec: Avro
             headers=[],
             timestamp_ms=None,
             failed_at=datetime.now(UTC),
+            max_bytes=settings.dead_letter_max_bytes,
         )
         outbox = Outbox(codec)
         outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, dict(letter))
@@ -341,4 +345,11 @@ def register_golden_record_agent(app: faust.App, settings: Settings, codec: Avro
 
     @app.agent(source, name="master-data", concurrency=1)
     async def master_data(stream: faust.StreamT[Any]) -> None:
-        await consume(app, stream, handle)
+        await consume(
+            app,
+            stream,
+            handle,
+            dead_letters=DeadLetters(
+                dlq, codec, STAGE, settings.topic_prefix, settings.dead_letter_max_bytes
+            ),
+        )

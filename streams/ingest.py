@@ -16,6 +16,7 @@ from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.dedup import SeenEvent
 from qmsflow.quality.event import QualityEvent
+from qmsflow.quality.event_time import advance, ceiling_us, clamp
 from qmsflow.quality.ingest import (
     CANONICAL_SUBJECT,
     DEAD_LETTER_SUBJECT,
@@ -27,7 +28,7 @@ from qmsflow.quality.ingest import (
 from qmsflow.scaling import home_partition
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
-from streams.processing import BatchOutbox, consume_batches, handling
+from streams.processing import BatchOutbox, DeadLetters, consume_batches, handling
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def register_ingest_agent(
          events, which the sink's primary key absorbs);
       5. the records are acked; Faust commits their offsets after flushing the producer.
     Memory of an event_id ends `dedup_retention` after its event time, measured against the
-    partition's watermark (the newest `recorded_at` it has remembered), so a replay forgets
+    partition's watermark (the newest `recorded_at` it has remembered, never past the wall clock
+    plus `max_clock_skew`, also when read back from the table), so a replay forgets
     exactly what the original run forgot: a mark older than that is ignored when looked up, and
     each batch sweeps a few times as many stored marks as it wrote, deleting the expired ones, so
     the table stays about the retention's size. Nothing is kept in memory per id: the marks live
@@ -111,6 +113,11 @@ def register_ingest_agent(
                 seen = SeenEvent(*stored)
                 previous = watermarks.get(seen.partition, 0)
                 watermarks[seen.partition] = max(previous, seen.recorded_at_us)
+            # a mark from a future recorded_at (kept by an older version) must not make the
+            # partition forget every id
+            limit = ceiling_us(datetime.now(UTC), settings.max_clock_skew)
+            for stored_partition, stored_us in watermarks.items():
+                watermarks[stored_partition] = clamp(stored_us, limit)
             rebuilt.append(True)
         return watermarks.get(partition, 0)
 
@@ -199,12 +206,15 @@ def register_ingest_agent(
         for reason in dead:
             telemetry.record_dead_letter("ingest", reason)
         now = datetime.now(UTC)
+        limit = ceiling_us(now, settings.max_clock_skew)
         written: dict[int, tuple[Any, int]] = {}  # partition → (its last event, marks written)
         for event, outcome, seen in emitted:
             handling(event)
             telemetry.record_end_to_end("quality.events.v1", outcome["recorded_at"], now)
             seen_table[outcome["event_id"]] = list(seen)
-            watermarks[seen.partition] = max(watermark(seen.partition), seen.recorded_at_us)
+            watermarks[seen.partition] = advance(
+                watermark(seen.partition), seen.recorded_at_us, limit
+            )
             written[seen.partition] = (event, written.get(seen.partition, (None, 0))[1] + 1)
         for partition, (event, count) in written.items():
             sweep(partition, event, SWEEP_PER_MARK * count)
@@ -240,7 +250,15 @@ def register_ingest_agent(
 
     @app.agent(source, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
-        await consume_batches(app, stream, handle_batch, max_records=settings.stream_batch_max)
+        await consume_batches(
+            app,
+            stream,
+            handle_batch,
+            dead_letters=DeadLetters(
+                dlq, codec, "ingest", settings.topic_prefix, settings.dead_letter_max_bytes
+            ),
+            max_records=settings.stream_batch_max,
+        )
 
 
 def _raw_message(msg: Any) -> RawMessage:

@@ -1,25 +1,43 @@
-"""How every agent consumes a record: manual acks, transient failures retried in place.
+"""How every agent consumes a record: retried if transient, dead-lettered if its own fault.
+
+Infrastructure failures crash the worker; a record never stops its partition.
 
 The protocol, for each record of an agent's stream:
   1. acks are manual. Faust's own iteration acks a record in a `finally`, also when the handler
      raised, and the acked offset is committed, so a failed record would be lost;
-  2. the handler runs; a transient failure (broker unreachable, request timed out, leader moved)
-     is retried in place with exponential backoff. Retrying in place blocks only this partition
-     and keeps the order of a product line's events, which quarantine and escalation rely on (a
-     disposition must not overtake its nonconformance); retry topics would reorder them;
-  3. on success the record is acked; Faust commits its offset after flushing the producer;
-  4. when the retries are spent, or the failure is not transient, the worker crashes WITHOUT
-     acking: after the restart the record is read again. Bad input never gets here: the stages
-     turn it into dead letters.
-Before each retry the agent's `on_failure` runs, so in-memory indexes that may be ahead of the
-tables (which are only written after delivery) are rebuilt.
+  2. the handler runs; a failure is one of three kinds (`failure_kind`):
+     * transient (broker unreachable, request timed out, leader moved): retried in place with
+       exponential backoff. Retrying in place blocks only this partition and keeps the order of
+       a product line's events, which quarantine and escalation rely on (a disposition must not
+       overtake its nonconformance); retry topics would reorder them;
+     * the record's own (a bug or a value the stage did not foresee: OverflowError on a date,
+       RecursionError on deep JSON, an output too large for Kafka): it becomes a dead letter on
+       `quality.dlq.v1` (stage = the agent's, reason code `unexpected`, reason = the exception's
+       type and message and the record's coordinates; an escaped ContractError keeps its own
+       code) and the partition moves on. Crashing instead would read the record again after the
+       restart and crash again: one bad record would stop every product line of its partition;
+     * infrastructure (retries of a transient failure spent, Kafka errors not about the record,
+       the state store, MemoryError, OSError): the worker crashes WITHOUT acking, and after the
+       restart the record is read again. Dead-lettering these would throw good records away;
+  3. the record is acked once it is handled, or once its dead letter is delivered (acknowledged
+     by the broker; a letter too large for Kafka goes again without the original record, which
+     `dlq replay` reads at its source); Faust commits its offset after flushing the producer.
+Expected bad input never reaches step 2's second kind: the stages turn it into dead letters
+with their own reason codes. Before each retry and before a dead letter the agent's
+`on_failure` runs, so in-memory indexes that may be ahead of the tables (which are only written
+after delivery) are rebuilt.
 
 `consume_batches` is the same protocol for a batch of records (`Stream.noack_take`): the handler
 computes every record's outputs in order, sends them all without awaiting each acknowledgement,
 awaits them together, only then writes its tables, and the records are acked after that. A
 retry or a crash redoes the whole batch; its outputs are deterministic, so a republished record
 is absorbed downstream exactly as a single redelivered record is. One producer keeps the order of
-records sent to a partition, so a product line's outputs keep their input order.
+records sent to a partition, so a product line's outputs keep their input order. A batch that
+fails with a record's failure is handled again one record at a time, in order, each as its own
+batch (the handler's single-record case) and acked after it: only the record that fails on its
+own is dead-lettered, the others proceed, and acks stay in offset order (a batch of one is
+dead-lettered at once). The records were admitted by the guard with the batch, so its order
+holds; a crash midway leaves the rest unacked, to be read again.
 
 Both ask the app's `OffsetGuard` before handling a record: only records of the current
 consumer generation, in offset order, are handled, and only their acks move a committed offset
@@ -33,15 +51,31 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import (
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from faust.exceptions import FaustError
 from faust.streams import _current_event
 
 from qmsflow import telemetry
+from qmsflow.contracts import AvroCodec
+from qmsflow.errors import ConfigurationError, ContractError
+from qmsflow.kafka.headers import header_pairs
+from qmsflow.quality.dead_letter import DEFAULT_MAX_BYTES, dead_letter
+from qmsflow.quality.event import Coordinates
+from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from streams.offset_guard import offset_guard
 from streams.outbox import CONTENT_TYPE, Outbox
 
@@ -53,6 +87,27 @@ BATCH_MAX = 1000
 #: seconds a partly filled batch waits for more records: the latency a quiet partition pays;
 #: under load batches fill while the previous one is being delivered, so this rarely applies
 BATCH_WITHIN = 0.005
+
+#: Kafka errors about one record (its size, its timestamp), not about the cluster
+RECORD_KAFKA_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTimestampError,
+)
+#: failures of the worker's means, not of a record: the cluster, Faust, memory, the disk
+INFRASTRUCTURE_ERRORS = (KafkaError, FaustError, MemoryError, OSError, ConfigurationError)
+#: where state-store code lives: an exception raised there is the store's (RocksDB raises plain
+#: Exceptions), not the record's
+_STORE_PATHS = ("/faust/stores/", "/rocksdict/")
+
+
+class FailureKind(Enum):
+    """What a handler's exception says about the record it was handling (module docstring)."""
+
+    TRANSIENT = "transient"  # retried in place
+    RECORD = "record"  # dead-lettered; the partition moves on
+    INFRASTRUCTURE = "infrastructure"  # the worker crashes without acking
 
 
 @dataclass(frozen=True)
@@ -68,13 +123,105 @@ class RetryPolicy:
         return [self.first_delay * self.factor**n for n in range(self.attempts - 1)]
 
 
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and the errors it was raised from (Faust wraps Kafka's in ProducerSendError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__
+
+
 def is_transient(error: BaseException) -> bool:
     """Worth retrying: Kafka marks its retriable errors; timeouts and lost connections are too."""
-    if getattr(error, "retriable", False):
-        return True
-    # aiokafka's KafkaTimeoutError (a send not acknowledged in time) is not marked retriable,
-    # but a slow or failing-over broker is exactly what a retry is for.
-    return isinstance(error, TimeoutError | ConnectionError | KafkaTimeoutError)
+    for cause in _chain(error):
+        if getattr(cause, "retriable", False):
+            return True
+        # aiokafka's KafkaTimeoutError (a send not acknowledged in time) is not marked
+        # retriable, but a slow or failing-over broker is exactly what a retry is for.
+        if isinstance(cause, TimeoutError | ConnectionError | KafkaTimeoutError):
+            return True
+    return False
+
+
+def failure_kind(error: BaseException) -> FailureKind:
+    """Whether `error` is worth a retry, the record's fault, or the infrastructure's."""
+    causes = list(_chain(error))
+    if any(isinstance(cause, RECORD_KAFKA_ERRORS) for cause in causes):
+        return FailureKind.RECORD
+    if is_transient(error):
+        return FailureKind.TRANSIENT
+    if any(isinstance(cause, INFRASTRUCTURE_ERRORS) or _raised_in_store(cause) for cause in causes):
+        return FailureKind.INFRASTRUCTURE
+    return FailureKind.RECORD
+
+
+def _raised_in_store(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = traceback.tb_frame.f_code.co_filename.replace("\\", "/")
+    return any(path in filename for path in _STORE_PATHS)
+
+
+class UnexpectedFailure(Exception):
+    """A handler's exception as its dead letter tells it: type and message."""
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """Where an agent's failed records go: `quality.dlq.v1`, Avro-encoded, under its stage."""
+
+    topic: faust.TopicT
+    codec: AvroCodec
+    stage: str
+    topic_prefix: str = ""
+    max_bytes: int = DEFAULT_MAX_BYTES  # of the original record a letter embeds
+
+    def letter(self, message: Any, error: BaseException, *, whole: bool = True) -> dict[str, Any]:
+        """The dead letter of `message`, whole or without the original key, value and headers.
+
+        Not `whole`: they made the letter itself too large; `dlq replay` reads them at the source.
+        """
+        if isinstance(error, ContractError):
+            told: Exception = error
+        else:
+            told = UnexpectedFailure(f"{type(error).__name__}: {error}")
+            if not whole:
+                told = UnexpectedFailure(f"{told} (original record left out: too large)")
+        timestamp = getattr(message, "timestamp", None)
+        return dict(
+            dead_letter(
+                told,
+                stage=self.stage,
+                coordinates=Coordinates(message.topic, message.partition, message.offset),
+                key=message.key if whole else None,
+                value=message.value if whole else None,
+                headers=header_pairs(message.headers) if whole else [],
+                timestamp_ms=int(timestamp * 1000) if timestamp else None,
+                failed_at=datetime.now(UTC),
+                max_bytes=self.max_bytes,
+            )
+        )
+
+    async def deliver(self, message: Any, error: BaseException, *, whole: bool = True) -> str:
+        """Send the dead letter of `message` and wait for the broker's ack; its reason code."""
+        letter = self.letter(message, error, whole=whole)
+        outbox = Outbox(self.codec, stage=self.stage, topic_prefix=self.topic_prefix)
+        code = letter["reason_code"]
+        outbox.add(
+            self.topic,
+            DEAD_LETTER_SUBJECT,
+            message.key,
+            letter,
+            [("qmsflow.reason", code.encode())],
+        )
+        await outbox.deliver()
+        telemetry.record_dead_letter(self.stage, code)
+        return str(code)
 
 
 async def consume(
@@ -82,6 +229,7 @@ async def consume(
     stream: faust.StreamT[Any],
     handle: Callable[[Any], Awaitable[None]],
     *,
+    dead_letters: DeadLetters,
     on_failure: Callable[[], None] = lambda: None,
     policy: RetryPolicy = RetryPolicy(),
 ) -> None:
@@ -90,7 +238,9 @@ async def consume(
     async def handle_event(event: Any) -> None:
         await handle(event.message)
 
-    await _consume_events(app, stream, handle_event, on_failure=on_failure, policy=policy)
+    await _consume_events(
+        app, stream, handle_event, dead_letters=dead_letters, on_failure=on_failure, policy=policy
+    )
 
 
 async def _consume_events(
@@ -98,6 +248,7 @@ async def _consume_events(
     stream: faust.StreamT[Any],
     handle: Callable[[Any], Awaitable[None]],
     *,
+    dead_letters: DeadLetters,
     on_failure: Callable[[], None],
     policy: RetryPolicy,
 ) -> None:
@@ -107,26 +258,102 @@ async def _consume_events(
     async for event in manual.events():
         if not await guard.admit(event, reader):
             continue
-        delays = iter(policy.delays())
-        while True:
-            try:
-                await handle(event)
-                break
-            except Exception as error:
-                on_failure()
-                delay = next(delays, None) if is_transient(error) else None
-                if delay is None:
-                    log.exception(
-                        "giving up on %s[%s]@%s; crashing without acknowledging it",
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                    )
-                    await app.crash(error)
-                    return
+        try:
+            await handle(event)
+        except Exception as error:
+            handled = await _recover(app, event, handle, error, dead_letters, on_failure, policy)
+            if not handled:
+                return
+        await manual.ack(event)
+
+
+async def _recover(
+    app: faust.App,
+    event: Any,
+    handle: Callable[[Any], Awaitable[None]],
+    error: Exception,
+    dead_letters: DeadLetters,
+    on_failure: Callable[[], None],
+    policy: RetryPolicy,
+) -> bool:
+    """After `handle(event)` raised `error`: retry, dead-letter, or crash (then False).
+
+    True once the record is handled or its dead letter delivered: it may be acked.
+    """
+    delays = iter(policy.delays())
+    while True:
+        on_failure()
+        kind = failure_kind(error)
+        if kind is FailureKind.TRANSIENT:
+            delay = next(delays, None)
+            if delay is not None:
                 log.warning("transient failure (%s); retrying in %.1f s", error, delay)
                 await asyncio.sleep(delay)
-        await manual.ack(event)
+                try:
+                    await handle(event)
+                    return True
+                except Exception as again:
+                    error = again
+                    continue
+        elif kind is FailureKind.RECORD:
+            return await _dead_letter(app, event.message, error, dead_letters, policy)
+        message = event.message
+        log.error(
+            "giving up on %s[%s]@%s; crashing without acknowledging it",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc_info=error,
+        )
+        await app.crash(error)
+        return False
+
+
+async def _dead_letter(
+    app: faust.App,
+    message: Any,
+    error: Exception,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+) -> bool:
+    """Deliver the dead letter of `message`; False if the worker had to crash instead.
+
+    Its delivery is retried like a transient failure; a letter too large for Kafka is sent
+    again without the original record, so even then the partition moves on.
+    """
+    log.error(
+        "dead-lettering %s[%s]@%s (%s): %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        dead_letters.stage,
+        error,
+        exc_info=error,
+    )
+    delays = iter(policy.delays())
+    whole = True
+    while True:
+        try:
+            await dead_letters.deliver(message, error, whole=whole)
+            return True
+        except Exception as failure:
+            if whole and _too_large(failure):
+                whole = False
+                continue
+            kind = failure_kind(failure)
+            delay = next(delays, None) if kind is FailureKind.TRANSIENT else None
+            if delay is None:
+                log.error("could not dead-letter the record; crashing", exc_info=failure)
+                await app.crash(failure)
+                return False
+            log.warning(
+                "transient failure (%s); retrying the dead letter in %.1f s", failure, delay
+            )
+            await asyncio.sleep(delay)
+
+
+def _too_large(error: BaseException) -> bool:
+    return any(isinstance(cause, RECORD_KAFKA_ERRORS) for cause in _chain(error))
 
 
 def handling(event: Any) -> None:
@@ -143,6 +370,7 @@ async def consume_batches(
     stream: faust.StreamT[Any],
     handle: Callable[[Sequence[Any]], Awaitable[None]],
     *,
+    dead_letters: DeadLetters,
     on_failure: Callable[[], None] = lambda: None,
     policy: RetryPolicy = RetryPolicy(),
     max_records: int = BATCH_MAX,
@@ -153,12 +381,19 @@ async def consume_batches(
     With `max_records` 1 each record is its own batch, read as `consume` reads it (no take
     buffer): the same handler then runs with per-record delivery, the safe fallback.
     """
+
+    async def one_at_a_time(event: Any) -> None:
+        await handle([event])
+
     if max_records <= 1:
-
-        async def one_at_a_time(event: Any) -> None:
-            await handle([event])
-
-        await _consume_events(app, stream, one_at_a_time, on_failure=on_failure, policy=policy)
+        await _consume_events(
+            app,
+            stream,
+            one_at_a_time,
+            dead_letters=dead_letters,
+            on_failure=on_failure,
+            policy=policy,
+        )
         return
     guard = offset_guard(app)
     reader = guard.reader()
@@ -167,29 +402,84 @@ async def consume_batches(
         events = [event for event in taken if await guard.admit(event, reader)]
         if not events:
             continue
-        delays = iter(policy.delays())
-        while True:
-            try:
-                await handle(events)
-                break
-            except Exception as error:
-                on_failure()
-                delay = next(delays, None) if is_transient(error) else None
-                if delay is None:
-                    first = events[0].message
-                    log.exception(
-                        "giving up on a batch of %d from %s[%s]@%s; crashing without acking it",
-                        len(events),
-                        first.topic,
-                        first.partition,
-                        first.offset,
-                    )
-                    await app.crash(error)
-                    return
-                log.warning("transient failure (%s); retrying the batch in %.1f s", error, delay)
-                await asyncio.sleep(delay)
+        try:
+            await handle(events)
+        except Exception as error:
+            if not await _recover_batch(
+                app, stream, events, handle, one_at_a_time, error, dead_letters, on_failure, policy
+            ):
+                return
+            continue
         for event in events:
             await stream.ack(event)
+
+
+async def _recover_batch(
+    app: faust.App,
+    stream: Any,
+    events: list[Any],
+    handle: Callable[[Sequence[Any]], Awaitable[None]],
+    one_at_a_time: Callable[[Any], Awaitable[None]],
+    error: Exception,
+    dead_letters: DeadLetters,
+    on_failure: Callable[[], None],
+    policy: RetryPolicy,
+) -> bool:
+    """After a batch raised `error`: retry it, or handle its records one at a time, or crash.
+
+    True once every record of the batch is handled or dead-lettered, and acked.
+    """
+    delays = iter(policy.delays())
+    while True:
+        on_failure()
+        kind = failure_kind(error)
+        if kind is FailureKind.TRANSIENT:
+            delay = next(delays, None)
+            if delay is not None:
+                log.warning("transient failure (%s); retrying the batch in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                try:
+                    await handle(events)
+                except Exception as again:
+                    error = again
+                    continue
+                for event in events:
+                    await stream.ack(event)
+                return True
+        elif kind is FailureKind.RECORD and len(events) == 1:
+            if not await _dead_letter(app, events[0].message, error, dead_letters, policy):
+                return False
+            await stream.ack(events[0])
+            return True
+        elif kind is FailureKind.RECORD:
+            log.warning(
+                "a batch of %d failed (%s: %s); handling its records one at a time",
+                len(events),
+                type(error).__name__,
+                error,
+            )
+            for event in events:  # in offset order, each acked once handled or dead-lettered
+                try:
+                    await one_at_a_time(event)
+                except Exception as own:
+                    handled = await _recover(
+                        app, event, one_at_a_time, own, dead_letters, on_failure, policy
+                    )
+                    if not handled:
+                        return False
+                await stream.ack(event)
+            return True
+        first = events[0].message
+        log.error(
+            "giving up on a batch of %d from %s[%s]@%s; crashing without acking it",
+            len(events),
+            first.topic,
+            first.partition,
+            first.offset,
+            exc_info=error,
+        )
+        await app.crash(error)
+        return False
 
 
 class BatchOutbox(Outbox):

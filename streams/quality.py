@@ -4,7 +4,10 @@ All of these stages are keyed by product line (a lot, a CAPA and its parked even
 product line), so they run fused in one agent over `quality.events.v1`; only correlation, keyed
 by root cause, needs a new topic hop (`quality.correlation.v1`). The agent also consumes
 `quality.ticks.v1`: time-driven work (releasing parked events whose master data arrived, expiring
-them, escalating overdue records) runs when a partition's tick is processed.
+them, escalating overdue records) runs when a partition's tick is processed. Escalation runs in
+event time, the partition's watermark, which never runs further ahead of the wall clock than
+`max_clock_skew` (qmsflow/quality/event_time.py): one record from year 3000 must not escalate
+every open CAPA of its partition.
 
 Per batch of records (streams/processing.py), the order is always: compute every record's
 outputs in order (later records read the staged writes of earlier ones), deliver them all and
@@ -40,6 +43,7 @@ from qmsflow.quality.escalation import (
     tracked_key,
 )
 from qmsflow.quality.event import Coordinates, QualityEvent, event_from_avro
+from qmsflow.quality.event_time import advance, ceiling, clamp
 from qmsflow.quality.ingest import CANONICAL_SUBJECT, DEAD_LETTER_SUBJECT
 from qmsflow.quality.integrity import (
     PARKED_SUBJECT,
@@ -65,7 +69,7 @@ from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.master_data import MasterDataFeed
 from streams.outbox import Outbox
-from streams.processing import BatchOutbox, consume_batches, handling
+from streams.processing import BatchOutbox, DeadLetters, consume_batches, handling
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +190,12 @@ def register_quality_agent(
             key for key, stored in tracked_table.items() if stored["partition"] == partition
         }
         persisted = watermark_table.get(str(partition))
-        mem.watermark = mem.persisted_watermark = (
-            None if persisted is None else datetime.fromisoformat(persisted)
-        )
+        if persisted is not None:
+            # an older version persisted future event times as they came: cap it, and let the
+            # next event overwrite it (a poisoned watermark escalates every CAPA at once)
+            stored = datetime.fromisoformat(persisted)
+            mem.watermark = clamp(stored, ceiling(datetime.now(UTC), settings.max_clock_skew))
+            mem.persisted_watermark = stored if mem.watermark == stored else None
         memory[partition] = mem
         return mem
 
@@ -270,10 +277,12 @@ def register_quality_agent(
             outbox.add_encoded(correlation_out, root_cause, value, headers)
         return verdicts
 
-    def on_event(message: Any, outbox: Outbox, writes: StagedWrites, after: AfterDelivery) -> None:
+    def on_event(
+        message: Any, outbox: Outbox, writes: StagedWrites, after: AfterDelivery, limit: datetime
+    ) -> None:
         incoming = header_pairs(message.headers)
         with telemetry.stage_span("quality", incoming) as span:
-            on_traced_event(message, span, incoming, outbox, writes, after)
+            on_traced_event(message, span, incoming, outbox, writes, after, limit)
 
     def on_traced_event(
         message: Any,
@@ -282,14 +291,20 @@ def register_quality_agent(
         outbox: Outbox,
         writes: StagedWrites,
         after: AfterDelivery,
+        limit: datetime,
     ) -> None:
+        """`limit`: the latest event time the partition's watermark may reach now."""
         partition = message.partition
         outbox.event_type = None
         try:
             event = event_from_avro(codec.decode(message.value, CANONICAL_SUBJECT).record)
         except ContractError as error:
             letter = _letter(
-                error, "quality", Coordinates(message.topic, partition, message.offset), message
+                error,
+                "quality",
+                Coordinates(message.topic, partition, message.offset),
+                message,
+                settings.dead_letter_max_bytes,
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
             after.append(_dead_letter_counter("quality", letter["reason_code"]))
@@ -299,12 +314,16 @@ def register_quality_agent(
         outbox.event_type = event["event_type"]
         headers = telemetry.output_headers(span, incoming, correlation_id=event["correlation_id"])
         mem = partition_memory(partition)
-        mem.watermark = max(filter(None, (mem.watermark, event["recorded_at"])))
+        mem.watermark = advance(mem.watermark, event["recorded_at"], limit)
         try:
             missing = missing_references(event, feed.index, integrity_rules)
         except ContractError as error:
             letter = _letter(
-                error, "integrity", Coordinates(message.topic, partition, message.offset), message
+                error,
+                "integrity",
+                Coordinates(message.topic, partition, message.offset),
+                message,
+                settings.dead_letter_max_bytes,
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, message.key, letter)
             after.append(_dead_letter_counter("integrity", letter["reason_code"]))
@@ -373,6 +392,7 @@ def register_quality_agent(
                 headers=[],
                 timestamp_ms=None,
                 failed_at=now,
+                max_bytes=settings.dead_letter_max_bytes,
             )
             outbox.add(dlq, DEAD_LETTER_SUBJECT, record.key, dict(letter), tick_headers)
             writes.put(parked_table, record.event_id, None)
@@ -402,13 +422,14 @@ def register_quality_agent(
         outbox = BatchOutbox(codec, stage="quality", topic_prefix=settings.topic_prefix)
         writes = StagedWrites()
         after: AfterDelivery = []
+        limit = ceiling(datetime.now(UTC), settings.max_clock_skew)
         for event in events:
             handling(event)
             message = event.message
             if message.topic == ticks_topic:
                 on_tick(message, outbox, writes, after)
             else:
-                on_event(message, outbox, writes, after)
+                on_event(message, outbox, writes, after, limit)
         await outbox.deliver()
         writes.apply()
         for record_metrics in after:
@@ -422,6 +443,9 @@ def register_quality_agent(
             app,
             stream,
             handle_batch,
+            dead_letters=DeadLetters(
+                dlq, codec, "quality", settings.topic_prefix, settings.dead_letter_max_bytes
+            ),
             on_failure=memory.clear,
             max_records=settings.stream_batch_max,
         )
@@ -460,7 +484,9 @@ def _parked_args(record: ParkedRecord) -> tuple[QualityEvent, Any, datetime]:
     return record.event, record.missing, record.parked_at
 
 
-def _letter(error: Exception, stage: str, at: Coordinates, message: Any) -> dict[str, Any]:
+def _letter(
+    error: Exception, stage: str, at: Coordinates, message: Any, max_bytes: int
+) -> dict[str, Any]:
     return dict(
         dead_letter(
             error,
@@ -471,5 +497,6 @@ def _letter(error: Exception, stage: str, at: Coordinates, message: Any) -> dict
             headers=[],
             timestamp_ms=None,
             failed_at=datetime.now(UTC),
+            max_bytes=max_bytes,
         )
     )

@@ -25,14 +25,16 @@ Facts the parser and the golden-record stage rely on (DESIGN §7):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
-from qmsflow.errors import ContractError
+from qmsflow.errors import ContractError, LimitError
 from qmsflow.quality.event import Coordinates
 
 __all__ = [
+    "MAX_NESTING",
     "UNAVAILABLE_VALUE",
     "ChangeEvent",
     "Op",
@@ -65,6 +67,16 @@ _UNAVAILABLE_BASE64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
 
 #: Postgres's default schema: a table there names no source system (see the module docstring)
 _PUBLIC = "public"
+
+#: deepest JSON nesting accepted in a key, an envelope or a JSON text column (jsonb): deeper
+#: JSON exhausts the recursion of the JSON parser and of every later walk over the row (10,000
+#: levels raised RecursionError), so it is refused before anything recursive reads it. Real
+#: envelopes nest about 4 levels, real specification documents a handful more.
+MAX_NESTING = 64
+#: how many levels of the path to the deepest point a limit message names
+_PATH_LEVELS = 3
+#: the JSON tokens that matter for nesting: strings (whose brackets do not count) and structure
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
 _OPS: frozenset[str] = frozenset(get_args(Op))
 _SNAPSHOT_FLAGS: frozenset[str] = frozenset(get_args(SnapshotFlag))
@@ -219,6 +231,8 @@ def parse_change(
     db = _text(source, "db", where, default="")
     before = _optional_object(envelope.get("before"), where, "before")
     after = _optional_object(envelope.get("after"), where, "after")
+    _check_json_columns(before, where, "before")
+    _check_json_columns(after, where, "after")
     if op in ("c", "r", "u") and after is None:
         raise ContractError(f"{where}: op {op!r} expected an 'after' row, got null")
     if op == "d" and before is None:
@@ -260,6 +274,8 @@ def parse_change(
 def _decode(raw: str | bytes | None, where: str, part: str) -> Any:
     if raw is None or (isinstance(raw, bytes | str) and len(raw) == 0):
         return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    _check_nesting(text, where, part)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -329,3 +345,58 @@ def _last_segment(name: Any) -> str | None:
     if isinstance(name, str) and name:
         return name.split(".")[-1].upper()
     return None
+
+
+def _check_json_columns(row: Mapping[str, Any] | None, where: str, part: str) -> None:
+    """Refuse a JSON text column (jsonb arrives as text) nested deeper than MAX_NESTING."""
+    if row is None:
+        return
+    for column, value in row.items():
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            _check_nesting(value, where, f"{part}.{column}", inner_path=False)
+
+
+def _check_nesting(text: str, where: str, part: str, *, inner_path: bool = True) -> None:
+    """Raise LimitError, naming the field path, for JSON nested deeper than MAX_NESTING.
+
+    Iterative, so any depth is measured without recursion; a text with few brackets is passed
+    by counting them.
+    """
+    if text.count("{") + text.count("[") <= MAX_NESTING:
+        return
+    depth, path = nesting(text)
+    if depth > MAX_NESTING:
+        inner = path if inner_path else ()
+        field = part + "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in inner)
+        raise LimitError(f"{where}: {field} is nested {depth:,} levels; at most {MAX_NESTING}")
+
+
+def nesting(text: str) -> tuple[int, tuple[str | int, ...]]:
+    """How deep a JSON text nests, and the first levels of the path to where it is deepest.
+
+    Malformed JSON is measured as far as its brackets go; the parser reports the rest.
+    """
+    depth = deepest = 0
+    keys: list[str | int] = []  # the current key (object) or index (array) of the open levels
+    deepest_path: tuple[str | int, ...] = ()
+    previous = ""
+    for match in _STRUCTURE.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first in "{[":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_path = depth, tuple(keys)
+            if depth <= _PATH_LEVELS:
+                keys.append("" if first == "{" else 0)
+        elif first in "}]":
+            if 0 < depth <= _PATH_LEVELS and keys:
+                keys.pop()
+            depth = max(depth - 1, 0)
+        elif first == ",":
+            if 0 < depth <= _PATH_LEVELS and keys and isinstance(keys[-1], int):
+                keys[-1] += 1
+        elif previous in "{," and 0 < depth <= _PATH_LEVELS and keys and isinstance(keys[-1], str):
+            keys[-1] = token[1:-1]  # a string right after { or , in an object is a key
+        previous = first
+    return deepest, deepest_path

@@ -6,10 +6,11 @@ Two steps per record, both pure:
 2. `escalate(state, watermark, rules)` emits every level whose threshold the watermark has
    reached and that was not emitted before.
 
-The watermark is event time (`watermark_after`: the newest `recorded_at` seen on the partition),
-never the wall clock, and escalation ids derive from (record, level): a replay of the same
+The watermark is event time (`watermark_after`: the newest `recorded_at` seen on the partition,
+which the agent caps at the wall clock plus the allowed skew, qmsflow/quality/event_time.py),
+never the wall clock itself, and escalation ids derive from (record, level): a replay of the same
 partition emits exactly the same escalations, and no level is ever emitted twice for a record,
-whatever its due date does later.
+whatever its due date does later. Any due date Avro accepts is handled (`level_reached_at`).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from qmsflow.quality.event import QualityEvent
 __all__ = [
     "DUE_DATE_FIELD",
     "ESCALATION_NAMESPACE",
+    "NEVER",
     "Escalation",
     "EscalationLevel",
     "EscalationRules",
     "TrackedRecord",
     "escalate",
     "escalation_id",
+    "level_reached_at",
     "load_escalation_rules",
     "parse_escalation_rules",
     "track",
@@ -65,6 +68,22 @@ _CLOSED = frozenset({"closed", "cancelled"})
 _RULES_FILE = "config/escalation_rules.toml"
 
 
+#: stands for "never": a level whose day lies past the last representable date (a due date of
+#: 9999-12-31 is valid Avro); no watermark reaches it, as watermarks never run far past now
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def level_reached_at(due_date: date, after_days: int) -> datetime:
+    """The start (UTC) of the day `after_days` after `due_date`; `NEVER` past year 9999.
+
+    Any date Avro accepts is valid input: date arithmetic past `date.max` would raise
+    OverflowError on one CAPA and, before records were dead-lettered, stop its partition.
+    """
+    if after_days > (date.max - due_date).days:
+        return NEVER
+    return datetime.combine(due_date + timedelta(days=after_days), time.min, UTC)
+
+
 # --------------------------------------------------------------------------- rules
 
 
@@ -84,7 +103,7 @@ class EscalationLevel(BaseModel):
 
     def reached_at(self, due_date: date) -> datetime:
         """The event time from which this level applies to a record due on `due_date` (UTC)."""
-        return datetime.combine(due_date + timedelta(days=self.after_days), time.min, UTC)
+        return level_reached_at(due_date, self.after_days)
 
 
 class EscalationRules(BaseModel):

@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
-from qmsflow.errors import ContractError
+from qmsflow.errors import ContractError, LimitError
 from qmsflow.quality.cdc import (
+    MAX_NESTING,
     UNAVAILABLE_VALUE,
     ChangeEvent,
     Position,
     Tombstone,
     merge_after,
+    nesting,
     parse_change,
     position,
 )
@@ -188,3 +190,45 @@ class TestToast:
             "blob": "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==",
         }
         assert merge_after(stored, after) == stored
+
+
+class TestNestingLimit:
+    """JSON nested 10,000 levels raised RecursionError out of the parser: now a LimitError."""
+
+    def test_a_deep_json_text_column_is_refused_naming_the_column(self) -> None:
+        """A jsonb column arrives as JSON text: its nesting is measured before it is parsed."""
+        deep = '{"a":' * 10_000 + "1" + "}" * 10_000
+        with pytest.raises(LimitError) as raised:
+            _parse(_value("c", after={**ROW, "spec_json": deep}))
+        assert raised.value.reason_code == "limits"
+        assert str(raised.value) == (
+            f"{TOPIC}[2]@7: after.spec_json is nested 10,000 levels; at most {MAX_NESTING}"
+        )
+
+    def test_a_deep_envelope_is_refused_before_the_parser_recurses(self) -> None:
+        """Nesting in the envelope itself is found by an iterative scan, with its path."""
+        value = '{"op": "c", "after": {"spec": ' + "[" * 10_000 + "]" * 10_000 + "}}"
+        with pytest.raises(LimitError, match=r"value\.after\.spec\[0\] is nested 10,002 levels"):
+            _parse(value)
+
+    def test_a_deep_key_is_refused(self) -> None:
+        """The key is JSON too."""
+        key = '{"supplier_id": ' + "[" * 100 + "]" * 100 + "}"
+        with pytest.raises(LimitError, match=r"key\.supplier_id\[0\]\[0\] is nested 101 levels"):
+            _parse(_value("c"), key=key)
+
+    def test_nesting_up_to_the_limit_is_accepted(self) -> None:
+        """A document exactly at the limit parses; brackets inside strings do not count."""
+        at_limit = "[" * MAX_NESTING + "]" * MAX_NESTING
+        quoted = json.dumps(["[" * 500])  # a JSON text whose brackets are inside a string
+        change = _parse(_value("c", after={**ROW, "spec_json": at_limit, "notes": quoted}))
+        assert change.after is not None and change.after["spec_json"] == at_limit
+
+    def test_the_depth_measure(self) -> None:
+        """Depth and the first levels of the path to the deepest point."""
+        assert nesting('{"payload": {"after": {"x": [1, [2, [3]]]}}}') == (
+            6,
+            ("payload", "after", "x"),
+        )
+        assert nesting('["a", {"b": "}", "c": [[1]]}]') == (4, (1, "c", 0))
+        assert nesting('"[[[["') == (0, ())

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from qmsflow.errors import ConfigurationError
 from qmsflow.quality.escalation import (
     ESCALATION_NAMESPACE,
+    NEVER,
     Escalation,
     EscalationRules,
     TrackedRecord,
     escalate,
+    level_reached_at,
     load_escalation_rules,
     parse_escalation_rules,
     track,
@@ -307,3 +309,31 @@ def _rules_document() -> dict[str, Any]:
     path = PROJECT_ROOT / "qmsflow" / "config" / "escalation_rules.toml"
     document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     return document
+
+
+class TestAnyDueDateAvroAccepts:
+    """Date arithmetic must not overflow: one CAPA due 9999-12-31 once stopped its partition."""
+
+    def test_level_days_past_year_9999_are_never_reached(self) -> None:
+        """A level whose day lies past date.max is `NEVER`, not an OverflowError."""
+        assert level_reached_at(date(9999, 12, 31), 0) == datetime(9999, 12, 31, tzinfo=UTC)
+        assert level_reached_at(date(9999, 12, 31), 1) == NEVER
+        assert level_reached_at(date(9999, 12, 20), 30) == NEVER
+
+    def test_a_capa_due_9999_12_31_tracks_and_never_escalates(self) -> None:
+        """Tracked like any other; no watermark a worker can hold reaches its levels."""
+        state = track(None, capa(due=date(9999, 12, 31), at=START))
+        assert state is not None and state.due_date == date(9999, 12, 31)
+        state, emitted = escalate(state, datetime(9999, 12, 30, tzinfo=UTC), RULES)
+        assert emitted == []
+        assert state is not None
+        assert TrackedRecord.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+    def test_a_capa_due_0001_01_01_escalates_every_level_once(self) -> None:
+        """Long overdue: every level at once, with an overdue count Avro's int holds."""
+        state = track(None, capa(due=date(1, 1, 1), at=START))
+        state, emitted = escalate(state, START, RULES)
+        assert [e.level for e in emitted] == [rung.level for rung in RULES.levels]
+        assert all(e.overdue_days == (START.date() - date(1, 1, 1)).days for e in emitted)
+        assert all(e.overdue_days < 2**31 for e in emitted)
+        assert escalate(state, START + timedelta(days=1), RULES)[1] == []
