@@ -246,6 +246,14 @@ class Settings(BaseSettings):
         description="QMSFLOW_TRACE_FILE: append every finished span to this file as one JSON "
         "line (tests and local debugging); unset = no file.",
     )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="QMSFLOW_TRACE_SAMPLE_RATIO: share of new traces whose spans are recorded "
+        "and exported when an exporter is set (a child span follows its parent's sampled flag). "
+        "Every output carries a traceparent either way; with no exporter no span is recorded.",
+    )
     metrics_port: int = Field(
         default=0,
         description="QMSFLOW_METRICS_PORT: port of the worker's Prometheus /metrics endpoint; "

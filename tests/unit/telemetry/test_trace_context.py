@@ -56,10 +56,12 @@ def spans(tmp_path: Path) -> Iterator[Path]:
     provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path, "test")))
     original = telemetry._tracer
     telemetry._tracer = lambda: provider.get_tracer("test")  # type: ignore[assignment]
+    telemetry._exporting = True  # spans are recorded only when an exporter listens
     try:
         yield path
     finally:
         telemetry._tracer = original  # type: ignore[assignment]
+        telemetry._exporting = False
 
 
 def _read(path: Path) -> list[dict[str, object]]:
@@ -100,3 +102,43 @@ class TestPropagation:
         )
         [written] = _read(spans)
         assert (written["trace_id"], written["start_ns"], written["end_ns"]) == (TRACE, 10, 20)
+
+
+class TestNothingListening:
+    """With no exporter no span is recorded, yet every output carries the trace on."""
+
+    def test_child_of_the_incoming_trace(self) -> None:
+        """Same trace id, a new span id, the parent's sampled flag; nothing recorded."""
+        assert not telemetry.exporting()
+        for flags in ("01", "00"):
+            headers = [("traceparent", f"00-{TRACE}-00f067aa0ba902b7-{flags}".encode())]
+            with telemetry.stage_span("ingest", headers) as span:
+                assert not span.is_recording()
+                out = parse_traceparent(
+                    dict(telemetry.output_headers(span, headers))["traceparent"]
+                )
+            assert out is not None and out.trace_id_hex == TRACE
+            assert out.span_id not in (0, 0x00F067AA0BA902B7)
+            assert out.sampled is (flags == "01")
+
+    def test_new_traces_differ_and_are_sampled(self) -> None:
+        """Without a traceparent each record starts its own, sampled trace, as the SDK would."""
+        seen = set()
+        for _ in range(50):
+            with telemetry.stage_span("ingest") as span:
+                parent = TraceParent.of(span)
+            assert parent is not None and parent.sampled and parent.trace_id != 0
+            seen.add(parent.trace_id)
+        assert len(seen) == 50
+
+    def test_log_lines_still_name_the_span(self) -> None:
+        """The unrecorded span is the current one, so log lines carry its ids."""
+        from opentelemetry import trace
+
+        headers = [("traceparent", HEADER.encode()), ("correlation_id", b"corr-3")]
+        with telemetry.stage_span("quality", headers) as span:
+            current = trace.get_current_span().get_span_context()
+            assert current.span_id == span.get_span_context().span_id
+            assert current.trace_id == int(TRACE, 16)
+            assert telemetry.current_correlation_id() == "corr-3"
+        assert not trace.get_current_span().get_span_context().is_valid
