@@ -234,7 +234,7 @@ class Ledger:
     rows: int = 0  # qms.quality_event rows of this environment
     missing: int = 0  # unique ids produced but not in the rows
     unexpected: int = 0  # rows whose id was never produced
-    dead_letters: int = 0  # qms.dead_letter rows from the ingest topics
+    dead_letters: int = 0  # qms.dead_letter rows of records that never became a row
     canonical_records: int = 0  # records on quality.events.v1, copies included
     canonical_distinct: int = 0  # distinct event ids on quality.events.v1
     dlq_records: int = 0  # records on quality.dlq.v1, copies included
@@ -303,6 +303,12 @@ class Ledger:
         return "\n".join(lines)
 
 
+#: stages whose dead letters stand for records that never became a row: ingest (normalise,
+#: dedup, an unexpected failure there), the sink (a canonical event Postgres refused) and master
+#: data (a change record is never a quality event)
+LEDGER_STAGES = ("normalise", "dedup", "ingest", "sink", "master-data")
+
+
 def ledger(
     settings: Settings,
     *,
@@ -314,8 +320,10 @@ def ledger(
 ) -> Ledger:
     """Count one environment's rows, dead letters, topic records and drift against what was sent.
 
-    Dead letters are those of records read from the ingest topics (stage normalise or dedup);
-    a parked event's expiry is a row and a dead letter at once and is not expected here.
+    Dead letters are those of records that never became a row (`LEDGER_STAGES`): refused at
+    ingest, refused by Postgres, or a poison change record of master data. A parked event's
+    expiry, or a later stage's failure on an event already stored, is a row and a dead letter at
+    once and is not counted here.
     """
     from qmsflow.kafka.admin import end_offsets
 
@@ -330,8 +338,10 @@ def ledger(
         }
         reasons = conn.execute(
             "SELECT reason_code, count(*) FROM qms.dead_letter"
-            " WHERE kafka_topic = %s AND stage IN ('normalise', 'dedup') GROUP BY reason_code",
-            (dlq,),
+            " WHERE kafka_topic = %s AND stage = ANY(%s)"
+            # the sink's dead letters of other tables' records are not about a missing event row
+            " AND (stage <> 'sink' OR source_topic = %s) GROUP BY reason_code",
+            (dlq, list(LEDGER_STAGES), events),
         ).fetchall()
         parked = conn.execute(
             "SELECT count(DISTINCT event_id) FILTER (WHERE status = 'PARKED')"
