@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 
 #: advisory-lock key serialising appends to the chain (any fixed bigint; "qmsaudit")
@@ -84,6 +85,41 @@ class AuditEntry:
     schema_id: int | None = None
     trace_id: str | None = None
 
+    def values(self, seq: int, logged_at: datetime) -> list[Any]:
+        """The entry's column values in `AUDIT_COLUMNS` order, given its place in the chain.
+
+        Built field by field: `dataclasses.asdict` deep-copies every value and cost more than
+        the hash itself.
+        """
+        return [
+            seq,
+            self.record_type,
+            self.record_id,
+            self.source_record_id,
+            self.operation,
+            self.changed_by,
+            self.changed_at,
+            self.reason,
+            self.changes,
+            self.signer_id,
+            self.printed_name,
+            self.signed_at,
+            self.signature_meaning,
+            self.kafka_topic,
+            self.kafka_partition,
+            self.kafka_offset,
+            self.source_topic,
+            self.source_partition,
+            self.source_offset,
+            self.schema_id,
+            self.trace_id,
+            logged_at,
+        ]
+
+
+#: position of the `changes` column, written as jsonb text
+_CHANGES = AUDIT_COLUMNS.index("changes")
+
 
 @dataclass(frozen=True)
 class BrokenLink:
@@ -112,6 +148,8 @@ class ChainReport:
 
 
 def _canonical_value(value: Any) -> Any:
+    if value is None or value.__class__ in _PLAIN:
+        return value
     if isinstance(value, datetime):
         # one spelling per instant, whatever the session time zone a reader uses
         return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -124,19 +162,30 @@ def _canonical_value(value: Any) -> Any:
     return str(value)  # UUIDs and the like: their text form
 
 
+#: values the canonical form keeps as they are
+_PLAIN = frozenset({str, int, bool})
+
+
 def canonical_json(row: Mapping[str, Any]) -> str:
-    """The row's canonical form: sorted keys, no spaces, UTC microsecond timestamps, UTF-8."""
-    return json.dumps(
-        {k: _canonical_value(row[k]) for k in AUDIT_COLUMNS},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+    """The row's canonical form: sorted keys, no spaces, UTC microsecond timestamps, UTF-8.
+
+    The bytes are those of `json.dumps(..., sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`, which wrote the chain's first rows; orjson writes them ~5x faster.
+    `tests/unit/analytics/test_audit_chain.py` pins hashes made by the json form and checks both
+    agree on arbitrary text, so a change of canonical form fails a test before it breaks a chain.
+    """
+    return _canonical_bytes(row).decode("utf-8")
+
+
+def _canonical_bytes(row: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(
+        {k: _canonical_value(row[k]) for k in AUDIT_COLUMNS}, option=orjson.OPT_SORT_KEYS
     )
 
 
 def link_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     """sha256(prev_hash ‖ canonical_json(row)) as lowercase hex."""
-    return hashlib.sha256((prev_hash + canonical_json(row)).encode("utf-8")).hexdigest()
+    return hashlib.sha256(prev_hash.encode("ascii") + _canonical_bytes(row)).hexdigest()
 
 
 # ---- which records are audited, and how ----------------------------------------------------
@@ -326,10 +375,9 @@ def append_audit_trail(
         with cur.copy(f"COPY audit.record_change ({columns}) FROM STDIN") as copy:
             for entry in fresh:
                 seq += 1
-                row = {**asdict(entry), "seq": seq, "logged_at": logged_at}
-                row_hash = link_hash(prev_hash, row)
-                values = [row[c] for c in AUDIT_COLUMNS]
-                values[AUDIT_COLUMNS.index("changes")] = json.dumps(entry.changes)
+                values = entry.values(seq, logged_at)
+                row_hash = link_hash(prev_hash, dict(zip(AUDIT_COLUMNS, values, strict=True)))
+                values[_CHANGES] = orjson.dumps(entry.changes).decode("utf-8")  # jsonb text
                 copy.write_row([*values, prev_hash, row_hash])
                 prev_hash = row_hash
     return len(fresh)

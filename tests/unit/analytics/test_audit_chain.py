@@ -8,6 +8,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connectors.postgres_sink.rows import (
     ESCALATION_COLUMNS,
@@ -15,7 +17,7 @@ from connectors.postgres_sink.rows import (
     escalation_row,
     quality_event_row,
 )
-from qmsflow.audit import GENESIS_HASH, audit_entries, canonical_json, link_hash
+from qmsflow.audit import AUDIT_COLUMNS, GENESIS_HASH, audit_entries, canonical_json, link_hash
 from qmsflow.quality.event import Coordinates
 from tests.unit.connectors import stage_records as records
 
@@ -50,6 +52,46 @@ class TestCanonicalRow:
         row = chained_row()
         assert link_hash(GENESIS_HASH, row) != link_hash(GENESIS_HASH, {**row, "reason": "x"})
         assert link_hash(GENESIS_HASH, row) != link_hash("f" * 64, row)
+
+    def test_known_good_hashes(self) -> None:
+        """Hashes computed by the json.dumps canonical form that wrote the chain's first rows.
+
+        A change of canonical form (a library, an option, a value's spelling) would make every
+        stored row fail verification: this pins it.
+        """
+        row = chained_row()
+        first = link_hash(GENESIS_HASH, row)
+        assert first == "ceef67cdfdeecd6343d7463a2ae0f683057883c2360dad80e5085594990ac673"
+        awkward = {
+            **row,
+            "seq": 2,
+            "reason": 'Prüfung \t fehlgeschlagen \u2028 😀 "quoted" \\ \x01',
+            "changes": [{"field": "status", "old_value": "Öffnen", "new_value": None}],
+        }
+        assert link_hash(first, awkward) == (
+            "879fb5871f1204e4852f0fa425d8834d72f2e345318399c7087569583fc39172"
+        )
+        (entry,) = audit_entries(
+            {"qms.quality_event": (QUALITY_EVENT_COLUMNS, [event_row("e1", 5)])}
+        )
+        assert dict(zip(AUDIT_COLUMNS, entry.values(1, T0), strict=True)) == row
+
+    @given(st.text(), st.text(), st.integers(min_value=-(2**63), max_value=2**63 - 1))
+    def test_same_bytes_as_the_json_form(self, reason: str, value: str, offset: int) -> None:
+        """Orjson writes exactly what json.dumps(sort_keys, compact, ensure_ascii=False) wrote."""
+        row = {
+            **chained_row(),
+            "reason": reason,
+            "changes": [{"field": value, "old_value": None, "new_value": reason}],
+            "kafka_offset": offset,
+        }
+        reference = json.dumps(
+            {k: _json_value(row[k]) for k in AUDIT_COLUMNS},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        assert canonical_json(row) == reference
 
     def test_canonical_form_is_sorted_compact_json(self) -> None:
         """Keys sorted, no spaces: one spelling per row."""
@@ -142,3 +184,10 @@ class TestAuditEntries:
         rows = [event_row(f"e{o}", o) for o in offsets]
         entries = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, rows)})
         assert [e.kafka_offset for e in entries] == [1, 2, 3]
+
+
+def _json_value(value: object) -> object:
+    """The canonical spelling of a value, as the json form wrote it."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return value
