@@ -261,52 +261,15 @@ async def _consume_events(
         try:
             await handle(event)
         except Exception as error:
-            handled = await _recover(app, event, handle, error, dead_letters, on_failure, policy)
-            if not handled:
+
+            async def again(events: Sequence[Any]) -> None:
+                await handle(events[0])
+
+            recovery = Recovery(app, again, manual.ack, dead_letters, on_failure, policy)
+            if not await recovery.recover([event], error):
                 return
+            continue  # acked by the recovery
         await manual.ack(event)
-
-
-async def _recover(
-    app: faust.App,
-    event: Any,
-    handle: Callable[[Any], Awaitable[None]],
-    error: Exception,
-    dead_letters: DeadLetters,
-    on_failure: Callable[[], None],
-    policy: RetryPolicy,
-) -> bool:
-    """After `handle(event)` raised `error`: retry, dead-letter, or crash (then False).
-
-    True once the record is handled or its dead letter delivered: it may be acked.
-    """
-    delays = iter(policy.delays())
-    while True:
-        on_failure()
-        kind = failure_kind(error)
-        if kind is FailureKind.TRANSIENT:
-            delay = next(delays, None)
-            if delay is not None:
-                log.warning("transient failure (%s); retrying in %.1f s", error, delay)
-                await asyncio.sleep(delay)
-                try:
-                    await handle(event)
-                    return True
-                except Exception as again:
-                    error = again
-                    continue
-        elif kind is FailureKind.RECORD:
-            return await _dead_letter(app, event.message, error, dead_letters, policy)
-        message = event.message
-        log.error(
-            "giving up on %s[%s]@%s; crashing without acknowledging it",
-            message.topic,
-            message.partition,
-            message.offset,
-            exc_info=error,
-        )
-        await app.crash(error)
-        return False
 
 
 async def _dead_letter(
@@ -405,81 +368,82 @@ async def consume_batches(
         try:
             await handle(events)
         except Exception as error:
-            if not await _recover_batch(
-                app, stream, events, handle, one_at_a_time, error, dead_letters, on_failure, policy
-            ):
+            recovery = Recovery(app, handle, stream.ack, dead_letters, on_failure, policy)
+            if not await recovery.recover(events, error):
                 return
-            continue
+            continue  # acked by the recovery
         for event in events:
             await stream.ack(event)
 
 
-async def _recover_batch(
-    app: faust.App,
-    stream: Any,
-    events: list[Any],
-    handle: Callable[[Sequence[Any]], Awaitable[None]],
-    one_at_a_time: Callable[[Any], Awaitable[None]],
-    error: Exception,
-    dead_letters: DeadLetters,
-    on_failure: Callable[[], None],
-    policy: RetryPolicy,
-) -> bool:
-    """After a batch raised `error`: retry it, or handle its records one at a time, or crash.
+@dataclass(frozen=True)
+class Recovery:
+    """What happens after `handle(events)` raised: one procedure for records and batches."""
 
-    True once every record of the batch is handled or dead-lettered, and acked.
-    """
-    delays = iter(policy.delays())
-    while True:
-        on_failure()
-        kind = failure_kind(error)
-        if kind is FailureKind.TRANSIENT:
-            delay = next(delays, None)
+    app: faust.App
+    handle: Callable[[Sequence[Any]], Awaitable[None]]
+    ack: Callable[[Any], Awaitable[Any]]
+    dead_letters: DeadLetters
+    on_failure: Callable[[], None]
+    policy: RetryPolicy
+
+    async def recover(self, events: Sequence[Any], error: Exception) -> bool:
+        """Retry, dead-letter the one record, handle a batch one record at a time, or crash.
+
+        True once every record is handled or dead-lettered, and acked in offset order; False
+        after the worker was told to crash (nothing more acked).
+        """
+        delays = iter(self.policy.delays())
+        while True:
+            self.on_failure()
+            kind = failure_kind(error)
+            delay = next(delays, None) if kind is FailureKind.TRANSIENT else None
             if delay is not None:
-                log.warning("transient failure (%s); retrying the batch in %.1f s", error, delay)
+                log.warning("transient failure (%s); retrying in %.1f s", error, delay)
                 await asyncio.sleep(delay)
                 try:
-                    await handle(events)
+                    await self.handle(events)
                 except Exception as again:
                     error = again
                     continue
-                for event in events:
-                    await stream.ack(event)
+                return await self._ack(events)
+            if kind is FailureKind.RECORD and len(events) == 1:
+                letter = _dead_letter(
+                    self.app, events[0].message, error, self.dead_letters, self.policy
+                )
+                return await letter and await self._ack(events)
+            if kind is FailureKind.RECORD:
+                log.warning(
+                    "a batch of %d failed (%s: %s); handling its records one at a time",
+                    len(events),
+                    type(error).__name__,
+                    error,
+                )
+                for event in events:  # in offset order, each acked once handled or lettered
+                    try:
+                        await self.handle([event])
+                    except Exception as own:
+                        if not await self.recover([event], own):
+                            return False
+                        continue
+                    await self.ack(event)
                 return True
-        elif kind is FailureKind.RECORD and len(events) == 1:
-            if not await _dead_letter(app, events[0].message, error, dead_letters, policy):
-                return False
-            await stream.ack(events[0])
-            return True
-        elif kind is FailureKind.RECORD:
-            log.warning(
-                "a batch of %d failed (%s: %s); handling its records one at a time",
+            first = events[0].message
+            log.error(
+                "giving up on %d record(s) from %s[%s]@%s; crashing without acking",
                 len(events),
-                type(error).__name__,
-                error,
+                first.topic,
+                first.partition,
+                first.offset,
+                exc_info=error,
             )
-            for event in events:  # in offset order, each acked once handled or dead-lettered
-                try:
-                    await one_at_a_time(event)
-                except Exception as own:
-                    handled = await _recover(
-                        app, event, one_at_a_time, own, dead_letters, on_failure, policy
-                    )
-                    if not handled:
-                        return False
-                await stream.ack(event)
-            return True
-        first = events[0].message
-        log.error(
-            "giving up on a batch of %d from %s[%s]@%s; crashing without acking it",
-            len(events),
-            first.topic,
-            first.partition,
-            first.offset,
-            exc_info=error,
-        )
-        await app.crash(error)
-        return False
+            await self.app.crash(error)
+            return False
+
+    async def _ack(self, events: Sequence[Any]) -> bool:
+        for event in events:
+            await self.ack(event)
+        return True
 
 
 class BatchOutbox(Outbox):
