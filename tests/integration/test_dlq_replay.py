@@ -40,17 +40,23 @@ def settings(kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str) -> Sett
     return settings
 
 
-def produce_original(settings: Settings) -> Coordinates:
-    """The corrupt record, as a source system sent it; its coordinates."""
+def produce_original(
+    settings: Settings,
+    value: bytes = VALUE,
+    *,
+    key: bytes = KEY,
+    headers: list[tuple[str, bytes | None]] = HEADERS,
+) -> Coordinates:
+    """A record (the corrupt one by default), as a source system sent it; its coordinates."""
     delivered: list[Message] = []
     producer = create_producer(settings)
     producer.produce(
-        settings.topic(SOURCE), key=KEY, value=VALUE, headers=list(HEADERS),
+        settings.topic(SOURCE), key=key, value=value, headers=list(headers),
         on_delivery=lambda _error, message: delivered.append(message),
     )  # fmt: skip
     assert producer.flush(30) == 0
     (message,) = delivered
-    assert message.error() is None
+    assert message.error() is None, message.error()
     return Coordinates(message.topic() or "", message.partition() or 0, message.offset() or 0)
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from connectors.postgres_sink.sink import PostgresSink
 from qmsflow.cli import main
@@ -22,13 +22,13 @@ from qmsflow.dead_letters import REPLAY_HEADER, OriginalsUnavailable
 from qmsflow.errors import FramingError
 from qmsflow.kafka.admin import admin_client
 from qmsflow.kafka.headers import header_pairs
-from qmsflow.kafka.producer import create_producer
 from qmsflow.quality.dead_letter import VALUE_PREFIX_BYTES, DeadLetter, dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
 from qmsflow.settings import Settings, load_settings
 from tests.integration.pipeline import prepared_settings
 from tests.integration.test_dlq_replay import cli, read_all, replay_rows
+from tests.integration.test_dlq_replay import produce_original as produce_source_record
 
 pytestmark = pytest.mark.integration
 
@@ -44,18 +44,9 @@ def settings(kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str) -> Sett
     return prepared_settings(kafka_bootstrap, postgres_dsn, topic_prefix)
 
 
-def produce_original(settings: Settings, value: bytes, key: bytes = KEY) -> Coordinates:
-    """A record a source system sent, as it sent it; its coordinates."""
-    delivered: list[Message] = []
-    producer = create_producer(settings)
-    producer.produce(
-        settings.topic(SOURCE), key=key, value=value, headers=list(HEADERS),
-        on_delivery=lambda _error, message: delivered.append(message),
-    )  # fmt: skip
-    assert producer.flush(30) == 0
-    (message,) = delivered
-    assert message.error() is None, message.error()
-    return Coordinates(message.topic() or "", message.partition() or 0, message.offset() or 0)
+def produce_original(settings: Settings, value: bytes) -> Coordinates:
+    """A large record, as a source system sent it; its coordinates."""
+    return produce_source_record(settings, value, key=KEY, headers=HEADERS)
 
 
 def letter_of(at: Coordinates, value: bytes, key: bytes = KEY) -> DeadLetter:
