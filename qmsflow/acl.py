@@ -74,13 +74,15 @@ class Acl:
 def faust_table_names(streams_dir: Path | None = None) -> tuple[str, ...]:
     """The names of the Faust tables the worker declares, read from `streams/*.py`.
 
-    A table is a call `<x>.Table("name", …)`, or a call of a local helper `table("name")` that
-    wraps it (streams/quality.py). Sorted, without repeats.
+    A table is a call `<x>.Table("name", …)`, a call of a local helper `table("name")` that
+    wraps it, or a key of a module-level dict named `…_TABLES` from which tables are declared
+    by name (streams/quality_processor.py). Sorted, without repeats.
     """
     directory = streams_dir or _streams_dir()
     names: set[str] = set()
     for path in sorted(directory.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text("utf-8"), filename=str(path))):
+            names.update(_declared_table_names(node))
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             callee = node.func
@@ -99,6 +101,20 @@ def faust_table_names(streams_dir: Path | None = None) -> tuple[str, ...]:
             ):
                 names.add(first.value)
     return tuple(sorted(names))
+
+
+def _declared_table_names(node: ast.AST) -> set[str]:
+    """String keys of `NAME_TABLES = {...}` at module level (tables declared by name)."""
+    if not isinstance(node, ast.Assign | ast.AnnAssign) or not isinstance(node.value, ast.Dict):
+        return set()
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    if not any(isinstance(t, ast.Name) and t.id.endswith("_TABLES") for t in targets):
+        return set()
+    return {
+        key.value
+        for key in node.value.keys
+        if isinstance(key, ast.Constant) and isinstance(key.value, str)
+    }
 
 
 def _streams_dir() -> Path:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 StoreKind = Literal["rocksdb", "memory"]
+WorkerRuntime = Literal["faust", "batch"]
 LogFormat = Literal["json", "text"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -176,6 +177,12 @@ class Settings(BaseSettings):
         description="QMSFLOW_STREAM_BATCH_MAX: most records the ingest and quality agents "
         "handle per batch (one produce request, one wait for acknowledgements); 1 handles each "
         "record on its own, without Faust's take buffer.",
+    )
+    worker_runtime: WorkerRuntime = Field(
+        default="faust",
+        description="QMSFLOW_WORKER_RUNTIME: how the worker runs the product-line stages: "
+        "faust (ingest and quality agents) or batch (one fused processor fed whole batches by "
+        "librdkafka; its tables in memory, restored from the same changelogs).",
     )
     tick_interval: float = Field(
         default=5.0,

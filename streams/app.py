@@ -21,15 +21,19 @@ from qmsflow.quality.data_dictionary import load_dictionary
 from qmsflow.quality.ingest import IngestStage
 from qmsflow.settings import Settings
 from qmsflow.toggles import ToggleReader
-from qmsflow.topics import load_catalog
+from qmsflow.topics import TopicCatalog, load_catalog
 from streams import state_dump
-from streams.changelogs import declare_changelogs
+from streams.batch_runtime import BatchRuntime
+from streams.changelog_state import DEDUP_TABLE, ChangelogState
+from streams.changelogs import ChangelogSpec, create_changelog_topics, declare_changelogs
 from streams.correlate import register_correlate_agent
 from streams.golden_records import register_golden_record_agent
 from streams.ingest import register_ingest_agent
 from streams.master_data import MasterDataFeed
 from streams.offset_guard import GuardedApp
+from streams.product_lines import ProductLineProcessor
 from streams.quality import register_quality_agent
+from streams.quality_processor import QUALITY_TABLES, QualityProcessor
 from streams.ticks import register_ticks
 
 log = logging.getLogger(__name__)
@@ -85,14 +89,17 @@ def create_app(settings: Settings) -> faust.App:
         max_clock_skew=settings.max_clock_skew,
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
     )
-    register_ingest_agent(app, settings, stage, codec, catalog)
     feed = MasterDataFeed(settings, codec)
 
     @app.task
     async def read_master_data() -> None:
         await feed.run(lambda: app.should_stop)
 
-    register_quality_agent(app, settings, codec, feed, catalog)
+    if settings.worker_runtime == "batch":
+        register_batch_runtime(app, settings, stage, codec, feed, catalog)
+    else:
+        register_ingest_agent(app, settings, stage, codec, catalog)
+        register_quality_agent(app, settings, codec, feed, catalog)
     toggles = ToggleReader(settings)
 
     @app.task
@@ -101,7 +108,7 @@ def create_app(settings: Settings) -> faust.App:
 
     register_correlate_agent(app, settings, codec, catalog, alerts_enabled=toggles.enabled)
     register_golden_record_agent(app, settings, codec)
-    register_ticks(app, settings, codec)
+    register_ticks(app, settings, codec)  # the batch runtime ticks its own partitions
 
     @app.timer(interval=_LAG_INTERVAL)
     async def report_lag() -> None:
@@ -111,6 +118,62 @@ def create_app(settings: Settings) -> faust.App:
         for table in app.tables.values():  # before any store is opened: options are read then
             table.options = {**rocksdb_options(settings), **(table.options or {})}
     return app
+
+
+def register_batch_runtime(
+    app: faust.App,
+    settings: Settings,
+    stage: IngestStage,
+    codec: AvroCodec,
+    feed: MasterDataFeed,
+    catalog: TopicCatalog,
+) -> None:
+    """Run the product-line stages in the batch runtime (streams/batch_runtime.py) as a task."""
+    partitions = catalog["quality.events.v1"].partitions
+    state = ChangelogState(settings, [DEDUP_TABLE, *QUALITY_TABLES])
+    retention_us = int(settings.dedup_retention.total_seconds() * 1_000_000)
+    quality = QualityProcessor(
+        codec,
+        feed.index,
+        feed.employees,
+        max_clock_skew=settings.max_clock_skew,
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
+    )
+    processor = ProductLineProcessor(
+        stage,
+        quality,
+        codec,
+        state,
+        topic_prefix=settings.topic_prefix,
+        partitions=partitions,
+        retention_us=retention_us,
+    )
+    ingest_topics = [settings.topic(t.name) for t in catalog.by_role("ingest")]
+
+    @app.task
+    async def run_product_lines() -> None:
+        create_changelog_topics(settings, batch_changelog_specs(state, settings, partitions))
+        await feed.ready.wait()
+        runtime = BatchRuntime(settings, processor, state, codec, ingest_topics=ingest_topics)
+        try:
+            await runtime.run(lambda: app.should_stop)
+        except Exception as error:  # infrastructure: crash the worker, nothing committed
+            log.exception("the batch runtime stopped")
+            await app.crash(error)
+
+
+def batch_changelog_specs(
+    state: ChangelogState, settings: Settings, partitions: int
+) -> list[ChangelogSpec]:
+    """The batch runtime's changelog topics, configured as Faust configures the same tables."""
+    retention_ms = int(settings.dedup_retention.total_seconds() * 1000)
+    specs = []
+    for name in state.names:
+        config = {"cleanup.policy": "compact"}
+        if name == DEDUP_TABLE:
+            config = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+        specs.append(ChangelogSpec(state.changelog_topic(name), partitions, 1, config))
+    return specs
 
 
 def rocksdb_options(settings: Settings) -> dict[str, int]:

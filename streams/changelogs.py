@@ -18,7 +18,7 @@ import faust
 
 from qmsflow.settings import Settings
 
-__all__ = ["ChangelogSpec", "changelog_specs", "declare_changelogs"]
+__all__ = ["ChangelogSpec", "changelog_specs", "create_changelog_topics", "declare_changelogs"]
 
 _TIMEOUT = 30.0  # seconds; as qmsflow.kafka.admin
 
@@ -62,6 +62,15 @@ def declare_changelogs(
     app: faust.App, settings: Settings, echo: Callable[[str], None] = lambda _line: None
 ) -> list[str]:
     """Create the missing changelog topics of `app`'s tables; return the names created."""
+    return create_changelog_topics(settings, changelog_specs(app), echo)
+
+
+def create_changelog_topics(
+    settings: Settings,
+    specs: list[ChangelogSpec],
+    echo: Callable[[str], None] = lambda _line: None,
+) -> list[str]:
+    """Create the changelog topics of `specs` that do not exist yet; return the names created."""
     from confluent_kafka import KafkaException
     from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
@@ -71,7 +80,7 @@ def declare_changelogs(
     existing = admin.list_topics(timeout=_TIMEOUT).topics
     wanted = [
         NewTopic(s.name, s.partitions, s.replication, config=dict(s.config))
-        for s in changelog_specs(app)
+        for s in specs
         if s.name not in existing
     ]
     created = []

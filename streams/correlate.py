@@ -27,8 +27,7 @@ from qmsflow.quality.sla import SlaVerdict, load_sla_rules
 from qmsflow.quality.sla import check as check_sla
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
-from streams.processing import BatchOutbox, DeadLetters, consume_batches, handling
-from streams.quality import StagedWrites
+from streams.processing import BatchOutbox, DeadLetters, StagedWrites, consume_batches, handling
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
 from qmsflow.errors import ContractError
 from qmsflow.kafka.headers import header_pairs
-from qmsflow.quality.dedup import SeenEvent
+from qmsflow.quality.dedup import SeenEvent, forgotten
 from qmsflow.quality.event import QualityEvent
 from qmsflow.quality.event_time import advance, ceiling_us, clamp
 from qmsflow.quality.ingest import (
@@ -29,14 +29,9 @@ from qmsflow.scaling import home_partition
 from qmsflow.settings import Settings
 from qmsflow.topics import TopicCatalog
 from streams.processing import BatchOutbox, DeadLetters, consume_batches, handling
+from streams.product_lines import SWEEP_PER_MARK, canonical_headers
 
 log = logging.getLogger(__name__)
-
-#: stored dedup marks a batch scans per mark it writes: more than one, so the sweep passes over
-#: the table faster than it grows and expired marks are deleted within a few passes
-SWEEP_PER_MARK = 4
-#: incoming headers carried onto outputs, so a trace and a correlation id cross the pipeline
-PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate", "correlation_id", "source_system"})
 
 
 def register_ingest_agent(
@@ -196,7 +191,7 @@ def register_ingest_agent(
                         canonical,
                         outcome["product_line"].encode("utf-8"),
                         value,
-                        _output_headers(message, span),
+                        canonical_headers(message, span),
                     )
                     accepted[outcome["event_id"]] = seen
                     emitted.append((event, outcome, seen))
@@ -273,16 +268,6 @@ def _raw_message(msg: Any) -> RawMessage:
     )
 
 
-def _output_headers(message: RawMessage, span: Any) -> list[tuple[str, bytes]]:
-    headers = [(k, v) for k, v in message.headers if k in PROPAGATED_HEADERS and v is not None]
-    # the producer's traceparent is replaced by the ingest span's: the next stage is its child
-    headers = [(k, v) for k, v in headers if k != telemetry.TRACEPARENT]
-    parent = telemetry.TraceParent.of(span)
-    if parent is not None:
-        headers.append((telemetry.TRACEPARENT, parent.header().encode("ascii")))
-    return headers  # the outbox adds the content type
-
-
 def _add_dead_letter(out: BatchOutbox, dlq: faust.TopicT, letter: Any, message: RawMessage) -> None:
     log.warning("dead letter %s: %s", letter["reason_code"], letter["reason"])
     out.event_type = None
@@ -293,8 +278,3 @@ def _add_dead_letter(out: BatchOutbox, dlq: faust.TopicT, letter: Any, message: 
         dict(letter),
         [("qmsflow.reason", letter["reason_code"].encode())],
     )
-
-
-def forgotten(seen: SeenEvent, watermark_us: int, retention_us: int) -> bool:
-    """Whether a stored dedup mark has left the retention window of its partition's watermark."""
-    return seen.recorded_at_us < watermark_us - retention_us

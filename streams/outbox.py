@@ -9,7 +9,7 @@ the opposite order could remember state for outputs that were never sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -24,8 +24,17 @@ CONTENT_TYPE = b"application/vnd.confluent.avro"
 class Outbox:
     """Records to publish for one input, sent as a batch and awaited together."""
 
-    def __init__(self, codec: AvroCodec, *, stage: str = "stream", topic_prefix: str = "") -> None:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        *,
+        stage: str = "stream",
+        topic_prefix: str = "",
+        topics: Mapping[str, faust.TopicT] | None = None,
+    ) -> None:
         self._codec = codec
+        #: logical topic name → Faust topic, for outputs addressed by name (processors)
+        self._topics = dict(topics or {})
         self._stage = stage
         self._prefix = topic_prefix
         #: the input's event type, for the `qmsflow_events_out_total` label (set once decoded)
@@ -34,7 +43,7 @@ class Outbox:
 
     def add(
         self,
-        topic: faust.TopicT,
+        topic: faust.TopicT | str,
         subject: str,
         key: str | bytes | None,
         record: dict[str, Any],
@@ -45,14 +54,19 @@ class Outbox:
 
     def add_encoded(
         self,
-        topic: faust.TopicT,
+        topic: faust.TopicT | str,
         key: str | bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue an already encoded value (e.g. an input passed on under a new key)."""
+        topic = self.resolve(topic)
         raw_key = key.encode("utf-8") if isinstance(key, str) else key
         self._pending.append((topic, raw_key, value, [*headers, ("content-type", CONTENT_TYPE)]))
+
+    def resolve(self, topic: faust.TopicT | str) -> faust.TopicT:
+        """The Faust topic of a logical topic name (or the topic itself)."""
+        return self._topics[topic] if isinstance(topic, str) else topic
 
     def __len__(self) -> int:
         return len(self._pending)

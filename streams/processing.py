@@ -51,7 +51,7 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -67,7 +67,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 from faust.exceptions import FaustError
-from faust.streams import _current_event
+from faust.streams import _current_event, current_event
 
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
@@ -95,8 +95,21 @@ RECORD_KAFKA_ERRORS = (
     RecordListTooLargeError,
     InvalidTimestampError,
 )
+
+
+class InfrastructureFailure(Exception):
+    """The cluster refused something that is not about one record (authorisation, a topic)."""
+
+
 #: failures of the worker's means, not of a record: the cluster, Faust, memory, the disk
-INFRASTRUCTURE_ERRORS = (KafkaError, FaustError, MemoryError, OSError, ConfigurationError)
+INFRASTRUCTURE_ERRORS = (
+    KafkaError,
+    FaustError,
+    MemoryError,
+    OSError,
+    ConfigurationError,
+    InfrastructureFailure,
+)
 #: where state-store code lives: an exception raised there is the store's (RocksDB raises plain
 #: Exceptions), not the record's
 _STORE_PATHS = ("/faust/stores/", "/rocksdict/")
@@ -171,6 +184,44 @@ class UnexpectedFailure(Exception):
     """A handler's exception as its dead letter tells it: type and message."""
 
 
+def failure_letter(
+    error: BaseException,
+    *,
+    stage: str,
+    coordinates: Coordinates,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]],
+    timestamp_ms: int | None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    whole: bool = True,
+) -> dict[str, Any]:
+    """The dead letter of a record a handler failed on, whole or without the original record.
+
+    Not `whole`: the original made the letter itself too large; `dlq replay` reads it at the
+    source. A ContractError keeps its own reason code; anything else is `unexpected`.
+    """
+    if isinstance(error, ContractError):
+        told: Exception = error
+    else:
+        told = UnexpectedFailure(f"{type(error).__name__}: {error}")
+        if not whole:
+            told = UnexpectedFailure(f"{told} (original record left out: too large)")
+    return dict(
+        dead_letter(
+            told,
+            stage=stage,
+            coordinates=coordinates,
+            key=key if whole else None,
+            value=value if whole else None,
+            headers=list(headers) if whole else [],
+            timestamp_ms=timestamp_ms,
+            failed_at=datetime.now(UTC),
+            max_bytes=max_bytes,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class DeadLetters:
     """Where an agent's failed records go: `quality.dlq.v1`, Avro-encoded, under its stage."""
@@ -182,29 +233,18 @@ class DeadLetters:
     max_bytes: int = DEFAULT_MAX_BYTES  # of the original record a letter embeds
 
     def letter(self, message: Any, error: BaseException, *, whole: bool = True) -> dict[str, Any]:
-        """The dead letter of `message`, whole or without the original key, value and headers.
-
-        Not `whole`: they made the letter itself too large; `dlq replay` reads them at the source.
-        """
-        if isinstance(error, ContractError):
-            told: Exception = error
-        else:
-            told = UnexpectedFailure(f"{type(error).__name__}: {error}")
-            if not whole:
-                told = UnexpectedFailure(f"{told} (original record left out: too large)")
+        """The dead letter of a Faust `message`, whole or without the original record."""
         timestamp = getattr(message, "timestamp", None)
-        return dict(
-            dead_letter(
-                told,
-                stage=self.stage,
-                coordinates=Coordinates(message.topic, message.partition, message.offset),
-                key=message.key if whole else None,
-                value=message.value if whole else None,
-                headers=header_pairs(message.headers) if whole else [],
-                timestamp_ms=int(timestamp * 1000) if timestamp else None,
-                failed_at=datetime.now(UTC),
-                max_bytes=self.max_bytes,
-            )
+        return failure_letter(
+            error,
+            stage=self.stage,
+            coordinates=Coordinates(message.topic, message.partition, message.offset),
+            key=message.key,
+            value=message.value,
+            headers=header_pairs(message.headers),
+            timestamp_ms=int(timestamp * 1000) if timestamp else None,
+            max_bytes=self.max_bytes,
+            whole=whole,
         )
 
     async def deliver(self, message: Any, error: BaseException, *, whole: bool = True) -> str:
@@ -453,20 +493,28 @@ class BatchOutbox(Outbox):
     `qmsflow_events_out` counter keeps its per-type labels although one batch mixes types.
     """
 
-    def __init__(self, codec: Any, *, stage: str = "stream", topic_prefix: str = "") -> None:
-        super().__init__(codec, stage=stage, topic_prefix=topic_prefix)
+    def __init__(
+        self,
+        codec: Any,
+        *,
+        stage: str = "stream",
+        topic_prefix: str = "",
+        topics: Mapping[str, faust.TopicT] | None = None,
+    ) -> None:
+        super().__init__(codec, stage=stage, topic_prefix=topic_prefix, topics=topics)
         self._batch_stage = stage
         self._batch_prefix = topic_prefix
         self._records: list[tuple[Any, bytes | None, bytes, list[tuple[str, bytes]], Any]] = []
 
     def add_encoded(
         self,
-        topic: faust.TopicT,
+        topic: faust.TopicT | str,
         key: str | bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue an encoded value, counted under the current input's event type."""
+        topic = self.resolve(topic)
         raw_key = key.encode("utf-8") if isinstance(key, str) else key
         framed = [*headers, ("content-type", CONTENT_TYPE)]
         self._records.append((topic, raw_key, value, framed, self.event_type))
@@ -490,3 +538,46 @@ class BatchOutbox(Outbox):
         )
         for (name, event_type), n in counts.items():
             telemetry.record_event("out", self._batch_stage, name, event_type, n)
+
+
+class StagedWrites:
+    """Faust table writes of a batch of inputs, held back until their outputs are acknowledged.
+
+    Reads go through it, so a later event of the batch (or the second of two events released by
+    one tick) sees the earlier one's effect. Each write remembers the input it was staged for:
+    Faust writes a key to the changelog partition of the current input. A table is named (looked
+    up in `tables`) or given as the table itself.
+    """
+
+    def __init__(self, tables: Mapping[str, Any] | None = None) -> None:
+        self._tables = dict(tables or {})
+        self._writes: dict[tuple[int, str], tuple[Any, str, Any, Any]] = {}
+
+    def _table(self, table: Any) -> Any:
+        return self._tables[table] if isinstance(table, str) else table
+
+    def get(self, table: Any, key: str) -> Any:
+        """The value as it will be once applied: staged if staged, else the table's."""
+        resolved = self._table(table)
+        staged = self._writes.get((id(resolved), key))
+        return resolved.get(key) if staged is None else staged[2]
+
+    def put(self, table: Any, key: str, value: Any) -> None:
+        """Stage a write for the current input; None deletes the key."""
+        resolved = self._table(table)
+        self._writes[(id(resolved), key)] = (resolved, key, value, current_event())
+
+    def rows(self, table: Any) -> Iterable[tuple[str, Any]]:
+        """The table's stored rows (what this worker's partitions hold)."""
+        return self._table(table).items()  # type: ignore[no-any-return]
+
+    def apply(self) -> None:
+        """Write everything staged to the tables (after delivery)."""
+        for table, key, value, event in self._writes.values():
+            if event is not None:
+                handling(event)
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        self._writes.clear()

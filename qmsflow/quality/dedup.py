@@ -77,3 +77,8 @@ class RetentionQueue:
 def _json_default(value: Any) -> Any:
     # Decimal and date are not JSON; their str() is exact and stable, which a digest needs.
     return str(value)
+
+
+def forgotten(seen: SeenEvent, watermark_us: int, retention_us: int) -> bool:
+    """Whether a stored dedup mark has left the retention window of its partition's watermark."""
+    return seen.recorded_at_us < watermark_us - retention_us

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from qmsflow.quality.dedup import SeenEvent
+from qmsflow.quality.dedup import SeenEvent, forgotten
 from qmsflow.quality.escalation import escalate, load_escalation_rules, track
 from qmsflow.quality.event_time import advance, ceiling, ceiling_us, clamp
 from qmsflow.settings import Settings
-from streams.ingest import forgotten
 from tests.unit.quality.test_escalation import capa
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)

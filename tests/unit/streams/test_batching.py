@@ -9,8 +9,7 @@ import faust
 from faust.streams import current_event
 
 from qmsflow import telemetry
-from streams.processing import BatchOutbox, handling
-from streams.quality import StagedWrites
+from streams.processing import BatchOutbox, StagedWrites, handling
 
 
 class FakeTopic:

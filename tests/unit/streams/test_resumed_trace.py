@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from qmsflow import telemetry
-from streams.quality import resumed_trace
+from streams.quality_processor import resumed_trace
 
 EVENT_ID = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
