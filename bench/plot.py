@@ -1,4 +1,4 @@
-"""The PNG: median rate per measurement (bars) with every run (dots), log scale."""
+"""The PNG: median rate per measurement (bars) with every run (dots), log scale; CPU per event."""
 
 from __future__ import annotations
 
@@ -11,10 +11,21 @@ import matplotlib
 matplotlib.use("Agg")  # no display on a build machine
 import matplotlib.pyplot as plt
 
-from bench.results_model import MEASUREMENTS, medians, runs_from_document
+from bench.results_model import (
+    E2E_FLOOR_PER_SECOND,
+    E2E_TARGET_PER_SECOND,
+    MEASUREMENTS,
+    WORKER_CPU_TARGET_US,
+    Measurement,
+    Run,
+    cpu_medians,
+    medians,
+    runs_from_document,
+)
 
 _SHORT = {
     "e2e": "qmsflow\nend-to-end",
+    "e2e_batch": "qmsflow e2e\nbatch runtime",
     "naive_faust": "(b) naive\nFaust",
     "passthrough": "(a) Kafka\npassthrough",
     "sink_alone": "qmsflow\nsink alone",
@@ -28,7 +39,7 @@ _BASELINES = frozenset(
     {"naive_faust", "passthrough", "copy", "copy_incident", "copy_golden_record"}
 )
 _GROUPS = (
-    ("events/s through Kafka", ("e2e", "naive_faust", "passthrough")),
+    ("events/s through Kafka", ("e2e", "e2e_batch", "naive_faust", "passthrough")),
     (
         "rows/s into Postgres",
         (
@@ -43,19 +54,36 @@ _GROUPS = (
 )
 
 
-def plot(document: Mapping[str, Any], path: Path) -> bool:
-    """Two panels (Kafka side, Postgres side), median bars and run dots, written to `path`.
+#: the processes whose CPU per event is drawn, in order: (measurement, process, label)
+_CPU_BARS: tuple[tuple[Measurement, str, str], ...] = (
+    ("e2e", "worker", "worker\n(e2e)"),
+    ("e2e_batch", "worker", "worker\n(batch)"),
+    ("naive_faust", "naive_faust", "(b) naive\nFaust"),
+    ("e2e", "sink", "sink\n(e2e)"),
+    ("e2e_batch", "sink", "sink\n(batch)"),
+)
 
-    Nothing is drawn for a bench without throughput runs (`BENCH_REPEATS=0`, the other steps
-    only): a log scale has no axis without values. Returns whether the file was written.
+
+def plot(document: Mapping[str, Any], path: Path) -> bool:
+    """Kafka-side and Postgres-side rates (median bars, run dots), and CPU per event, to `path`.
+
+    The CPU panel is drawn when the runs carry CPU readings (result schema 2). Nothing is drawn
+    for a bench without throughput runs (`BENCH_REPEATS=0`, the other steps only): a log scale
+    has no axis without values. Returns whether the file was written.
     """
     runs = runs_from_document(document)
     if not runs:
         return False
     rates = medians(runs)
     m = document["machine"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 3]})
-    for ax, (title, names) in zip(axes, _GROUPS, strict=True):
+    with_cpu = any(run.cpu for run in runs)
+    widths = [2, 3, 2] if with_cpu else [2, 3]
+    fig, axes = plt.subplots(
+        1, len(widths), figsize=(6 * len(widths), 4.5), gridspec_kw={"width_ratios": widths}
+    )
+    if with_cpu:
+        _plot_cpu(axes[2], runs)
+    for ax, (title, names) in zip(axes[:2], _GROUPS, strict=True):
         shown = [n for n in names if n in rates and n in MEASUREMENTS]
         xs = range(len(shown))
         bars = ax.bar(
@@ -68,9 +96,23 @@ def plot(document: Mapping[str, Any], path: Path) -> bool:
             ax.scatter([x] * len(ys), ys, color="black", s=12, zorder=3)
         ax.bar_label(bars, labels=[f"{rates[n]:,.0f}" for n in shown], padding=2, fontsize=8)
         ax.set_xticks(list(xs), [_SHORT[n] for n in shown], fontsize=8)
-        ax.set_yscale("log")
+        if shown:  # a log scale has no axis without values
+            ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-    axes[0].axhline(20_000, color="red", linestyle="--", linewidth=1, label="target 20,000/s")
+    axes[0].axhline(
+        E2E_TARGET_PER_SECOND,
+        color="red",
+        linestyle="--",
+        linewidth=1,
+        label=f"target {E2E_TARGET_PER_SECOND:,.0f}/s (issue 8)",
+    )
+    axes[0].axhline(
+        E2E_FLOOR_PER_SECOND,
+        color="darkorange",
+        linestyle="--",
+        linewidth=1,
+        label=f"target {E2E_FLOOR_PER_SECOND:,.0f}/s (issue 16)",
+    )
     axes[0].legend(fontsize=8, loc="upper left")
     events = document["parameters"]["events"]
     fig.suptitle(
@@ -82,6 +124,39 @@ def plot(document: Mapping[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _plot_cpu(ax: Any, runs: list[Run]) -> None:
+    """µs of CPU per unique event: after the first output (solid) and from start (light)."""
+    cpu = cpu_medians(runs)
+    shown = [(m, p, label) for m, p, label in _CPU_BARS if p in cpu.get(m, {})]
+    xs = range(len(shown))
+    steady = [cpu[m][p].steady_us_per_event or 0.0 for m, p, _ in shown]
+    total = [cpu[m][p].total_us_per_event or 0.0 for m, p, _ in shown]
+    colors = ["#aaaaaa" if m == "naive_faust" else "#1f77b4" for m, _, _ in shown]
+    bars = ax.bar([x - 0.2 for x in xs], steady, 0.4, color=colors, label="after the first output")
+    ax.bar([x + 0.2 for x in xs], total, 0.4, color=colors, alpha=0.4, label="from process start")
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in steady], padding=2, fontsize=8)
+    for x, (measurement, process, _) in zip(xs, shown, strict=True):
+        ys = [
+            u.steady_us_per_event
+            for r in runs
+            if r.measurement == measurement
+            for u in r.cpu
+            if u.process == process and u.steady_us_per_event is not None
+        ]
+        ax.scatter([x - 0.2] * len(ys), ys, color="black", s=12, zorder=3)
+    ax.axhline(
+        WORKER_CPU_TARGET_US,
+        color="darkorange",
+        linestyle="--",
+        linewidth=1,
+        label=f"worker target {WORKER_CPU_TARGET_US:,.0f} µs (issue 16)",
+    )
+    ax.set_xticks(list(xs), [label for _, _, label in shown], fontsize=8)
+    ax.set_ylabel("µs of CPU per unique event", fontsize=8)
+    ax.set_title("CPU per event (median; dots: runs)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def plot_more(document: Mapping[str, Any], path: Path) -> None:

@@ -9,11 +9,20 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
      the same transaction as the rows, so that is the moment the last row is in Postgres);
   5. (c) COPY of the same canonical rows into a scratch copy of qms.quality_event;
   6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic;
-  7. the sink alone on the upserted current-state tables (qms.incident and its members,
+  7. end-to-end on the batch worker runtime (QMSFLOW_WORKER_RUNTIME=batch, "e2e_batch"): the
+     same ingest records copied byte for byte to a sibling prefix (<prefix>batch.), so the
+     canonical topic it fills starts empty, the rows step 4 stored deleted (rows are keyed by
+     event_id), then as step 4 with app id qmsflow-batch (groups and changelogs of its own);
+     skipped, with a note, when the settings have no worker_runtime or the worker or sink
+     refuses the runtime at start-up;
+  8. the sink alone on the upserted current-state tables (qms.incident and its members,
      qms.golden_record), each on a copy of this repetition's records against (c) a COPY of the
      rows it stored (bench.sink_tables).
 Each step runs alone, so the two cores are not shared between measurements. Rates are unique
-events (rows) per second of wall time to carry the whole input, duplicates included.
+events (rows) per second of wall time to carry the whole input, duplicates included. For the
+steps that run processes (naive Faust, both end-to-end steps) the CPU of each process
+(bench.process_cpu) is read at the first output and at the last, and reported as µs per unique
+event after the first output and from the process's start.
 Then, once each: latency at fixed offered rates (bench.latency), throughput by workers and
 partitions plus state recovery time (bench.scale), dedup state per key at 1M and 10M keys
 (bench.state). The machine's load average is recorded before and after: other work on the
@@ -22,13 +31,15 @@ Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step,
 BENCH_LATENCY_RATES (`500:20,2000:10,10000:3`), BENCH_SCALE (`workers:partitions,…`),
 BENCH_SCALE_EVENTS (6000), BENCH_SCALE_TIMEOUT (s per configuration, 90: a stalled
 configuration is recorded as incomplete instead of eating the run's 20 minutes),
-BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,state`: steps to leave out).
+BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,state,batch`: steps to leave
+out).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,7 +48,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,8 +60,20 @@ from confluent_kafka.cimpl import NewTopic
 
 from bench.machine import machine, versions
 from bench.plot import plot, plot_more
-from bench.results_model import Run, check_targets, format_table, medians, result_document
-from bench.sink_tables import GROUPS, settle_correlation, sink_table
+from bench.process_cpu import CpuWatch
+from bench.results_model import (
+    RUNTIMES,
+    Measurement,
+    Run,
+    check_targets,
+    cpu_medians,
+    cpu_note,
+    format_cpu_table,
+    format_table,
+    medians,
+    result_document,
+)
+from bench.sink_tables import GROUPS, read_topic, settle_correlation, sink_table
 from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.rows import QUALITY_EVENT_COLUMNS, quality_event_row
 from qmsflow.contracts import AvroCodec, open_registry
@@ -65,6 +88,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DUPLICATES = 0.05  # the issue's demo mix
 _POLL = 0.1  # seconds between completion checks; the error this adds is at most this
+#: app id of the batch-runtime step: its worker and sink groups and changelogs are its own
+BATCH_APP_ID = "qmsflow-batch"
 
 
 def _quiet(_line: str) -> None:
@@ -95,9 +120,16 @@ class TopicCount:
 
 
 def _wait(
-    done: Callable[[], int], want: int, timeout: float, alive: Callable[[], None] | None = None
+    done: Callable[[], int],
+    want: int,
+    timeout: float,
+    alive: Callable[[], None] | None = None,
+    on_first: Callable[[int], None] | None = None,
 ) -> tuple[float | None, float, int]:
-    """Poll `done()` until it reaches `want`; (first > 0 at, finished at, reached), monotonic."""
+    """Poll `done()` until it reaches `want`; (first > 0 at, finished at, reached), monotonic.
+
+    `on_first(reached)` is called once, as soon as `done()` is first above 0.
+    """
     first = None
     deadline = time.monotonic() + timeout
     reached = 0
@@ -108,6 +140,8 @@ def _wait(
         now = time.monotonic()
         if reached > 0 and first is None:
             first = now
+            if on_first is not None:
+                on_first(reached)
         if reached >= want:
             return first, now, reached
         time.sleep(_POLL)
@@ -115,7 +149,13 @@ def _wait(
 
 
 def _run(
-    measurement: Any, repetition: int, unique: int, want: int, started: float, waited: Any
+    measurement: Any,
+    repetition: int,
+    unique: int,
+    want: int,
+    started: float,
+    waited: Any,
+    watch: CpuWatch | None = None,
 ) -> Run:
     first, ended, reached = waited
     completed = reached >= want
@@ -127,6 +167,7 @@ def _run(
         ended - started,
         None if first is None else first - started,
         completed,
+        () if watch is None else watch.uses(unique, items, want),
     )
 
 
@@ -200,12 +241,14 @@ def naive_faust(
         if process.poll() is not None:
             raise RuntimeError(f"naive Faust app exited with {process.returncode}; see {logs}")
 
+    watch = CpuWatch({"naive_faust": process.pid})
     try:
-        waited = _wait(count, sent, timeout, alive)
+        waited = _wait(count, sent, timeout, alive, watch.first)
+        watch.end(waited[2])
     finally:
         _stop(process)
         count.close()
-    return _run("naive_faust", rep, unique, sent, started, waited)
+    return _run("naive_faust", rep, unique, sent, started, waited, watch)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -242,25 +285,142 @@ def _rows(dsn: str, topic: str) -> int:
 
 
 def end_to_end(
-    settings: Settings, env: dict[str, str], unique: int, rep: int, timeout: float, logs: Path
+    settings: Settings,
+    env: dict[str, str],
+    unique: int,
+    rep: int,
+    timeout: float,
+    logs: Path,
+    measurement: Measurement = "e2e",
 ) -> Run:
-    """The real worker and sink, from their start until the last unique event's row is stored."""
+    """The real worker and sink, from their start until the last unique event's row is stored.
+
+    `settings.app_id` must be the processes' (QMSFLOW_APP_ID in `env`): the sink's group, whose
+    committed offsets are the progress, is named after it.
+    """
     events = settings.topic("quality.events.v1")
     group = settings.topic(f"{settings.app_id}-sink")
     progress = _sink_progress(settings.dsn, group, events)
     processes = PipelineProcesses(settings, env, logs)
+    canonical = TopicCount(settings, events)  # the worker's own progress: its output
     started = time.monotonic()
     processes.start_worker()
     processes.start_sink()
+    assert processes.worker is not None and processes.sink is not None
+    watch = CpuWatch(
+        {"worker": processes.worker.pid, "sink": processes.sink.pid}, {"worker": canonical}
+    )
     try:
-        waited = _wait(progress, unique, timeout, processes.assert_alive)
+        waited = _wait(progress, unique, timeout, processes.assert_alive, watch.first)
+        watch.end(waited[2])
     finally:
         processes.stop()
-    run = _run("e2e", rep, unique, unique, started, waited)
+        canonical.close()
+    run = _run(measurement, rep, unique, unique, started, waited, watch)
     stored = _rows(settings.dsn, events)
     if run.completed and stored != unique:
         raise RuntimeError(f"{events}: expected {unique} rows in qms.quality_event, got {stored}")
     return run
+
+
+#: a worker or sink log line refusing a value (pydantic's literal error, or the runtime's own)
+_REFUSAL = re.compile(
+    r"unknown|unsupported|not supported|invalid|not implemented|not available|input should be"
+    r"|expected|must be|no such",
+    re.IGNORECASE,
+)
+#: the setting's name as a message gives it (not a module path such as streams/runtime/…)
+_RUNTIME_SETTING = re.compile(r"worker[_ ]runtime", re.IGNORECASE)
+
+
+def runtime_refused(log: str) -> bool:
+    """Whether a process's log says it does not know its QMSFLOW_WORKER_RUNTIME value.
+
+    A refusal phrase on a line that names the setting, or one or two lines below it (pydantic
+    puts the field's name on the line above "Input should be …"); traceback frame lines do
+    not count, so a crash inside a runtime module is not taken for a refusal.
+    """
+    lines = [x for x in log.splitlines() if not x.lstrip().startswith('File "')]
+    for n, line in enumerate(lines):
+        if _REFUSAL.search(line) and any(
+            _RUNTIME_SETTING.search(x) for x in lines[max(n - 2, 0) : n + 1]
+        ):
+            return True
+    return False
+
+
+def _copy_ingest(source: Settings, target: Settings) -> int:
+    """Every ingest record of `source` onto `target`'s topics: bytes, partition and time kept."""
+    producer = Producer({"bootstrap.servers": source.bootstrap_servers, "linger.ms": 20})
+    copied = 0
+    for spec in load_catalog().by_role("ingest"):
+        for record in read_topic(source, source.topic(spec.name)):
+            while True:
+                try:
+                    producer.produce(
+                        target.topic(spec.name),
+                        key=record.key,
+                        value=record.value,
+                        headers=record.headers,
+                        partition=record.partition,
+                        timestamp=record.timestamp or 0,  # 0: the producer's clock
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.05)
+            copied += 1
+    left = producer.flush(60)
+    if left:
+        raise RuntimeError(f"{target.topic_prefix}: {left} copied ingest records not delivered")
+    return copied
+
+
+def end_to_end_batch(
+    settings: Settings,
+    env: dict[str, str],
+    sent: int,
+    unique: int,
+    rep: int,
+    timeout: float,
+    logs: Path,
+) -> Run | str:
+    """End-to-end on the batch worker runtime, on the same records; or why it was skipped.
+
+    The records go to a sibling prefix because the batch worker writes the canonical topic as
+    the faust one does: on the same prefix, a new sink group would find the faust worker's
+    output already there and the step would time the sink alone.
+    """
+    if "worker_runtime" not in Settings.model_fields:
+        return "skipped: the settings have no worker_runtime (QMSFLOW_WORKER_RUNTIME is ignored)"
+    batch = settings.model_copy(
+        update={"topic_prefix": f"{settings.topic_prefix}batch.", "app_id": BATCH_APP_ID}
+    )
+    create_topics(batch, load_catalog(), echo=_quiet)
+    copied = _copy_ingest(settings, batch)
+    if copied != sent:
+        raise RuntimeError(f"{batch.topic_prefix}: copied {copied} ingest records of {sent}")
+    with psycopg.connect(settings.dsn) as conn:  # the same event ids are about to be stored
+        conn.execute(
+            "DELETE FROM qms.quality_event WHERE kafka_topic = %s",
+            (settings.topic("quality.events.v1"),),
+        )
+    batch_env = {
+        **env,
+        "QMSFLOW_TOPIC_PREFIX": batch.topic_prefix,
+        "QMSFLOW_APP_ID": BATCH_APP_ID,
+        "QMSFLOW_WORKER_RUNTIME": RUNTIMES["e2e_batch"],
+    }
+    batch_logs = logs / "e2e_batch"
+    batch_logs.mkdir(exist_ok=True)
+    try:
+        return end_to_end(batch, batch_env, unique, rep, timeout, batch_logs, "e2e_batch")
+    except AssertionError as error:  # PipelineProcesses.assert_alive: a process exited
+        role = str(error).split(" ", 1)[0]  # "worker exited with …" or "sink exited with …"
+        log = batch_logs / f"{role}.log"
+        at_start_up = _rows(settings.dsn, batch.topic("quality.events.v1")) == 0
+        if at_start_up and log.exists() and runtime_refused(log.read_text(errors="replace")):
+            return f"skipped: the {role} refused QMSFLOW_WORKER_RUNTIME=batch (see {log})"
+        raise
 
 
 def canonical_rows(settings: Settings, unique: int) -> list[tuple[Any, ...]]:
@@ -350,18 +510,24 @@ def _print_run(name: str, run: Run, timeout: float) -> None:
     steady = run.steady_per_second
     after_first = "" if steady is None else f"  ({steady:,.0f}/s after the first)"
     rate = f"{run.per_second:>10,.0f}/s  {run.seconds:6.1f} s"
-    print(f"  {name:<12} {rate}{after_first}{flag}")
+    print(f"  {name:<12} {rate}{after_first}{flag}{cpu_note(run.cpu)}", flush=True)
 
 
 def repetition(
-    base: Settings, rep: int, events: int, timeout: float
+    base: Settings, rep: int, events: int, timeout: float, skip: Sequence[str] = ()
 ) -> tuple[list[Run], dict[str, Any]]:
     """One repetition of every measurement on a fresh prefix; its topics deleted afterwards."""
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     settings = base.model_copy(update={"topic_prefix": prefix})
     logs = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}"))
-    env = environment(settings, settings.bootstrap_servers, settings.dsn)
+    env = {
+        **environment(settings, settings.bootstrap_servers, settings.dsn),
+        # the faust steps run the default runtime whatever the caller's shell says
+        "QMSFLOW_APP_ID": settings.app_id,
+        "QMSFLOW_WORKER_RUNTIME": RUNTIMES["e2e"],
+    }
     runs: list[Run] = []
+    batch_note = "skipped: BENCH_SKIP=batch"
     try:
         create_topics(settings, load_catalog(), echo=_quiet)
         _create_bench_topics(settings)
@@ -387,6 +553,15 @@ def repetition(
             run = step()
             runs.append(run)
             _print_run(name, run, timeout)
+        if "batch" not in skip:
+            batch = end_to_end_batch(settings, env, sent, unique, rep, timeout, logs)
+            if isinstance(batch, Run):
+                runs.append(batch)
+                batch_note = "measured"
+                _print_run("e2e batch", batch, timeout)
+            else:
+                batch_note = batch
+                print(f"  e2e batch    {batch}", flush=True)
         settled = settle_correlation(settings, env, logs, timeout)
         print(f"  worker restarted until correlation read every event: {settled:.1f} s")
         tables = []
@@ -402,6 +577,7 @@ def repetition(
             "unique": unique,
             "produce_seconds": produced,
             "upserted_tables": tables,
+            "e2e_batch": batch_note,
         }
         return runs, info
     finally:
@@ -431,7 +607,7 @@ def main() -> None:
     repetitions = []
     for rep in range(repeats):
         print(f"throughput repetition {rep + 1} of {repeats}", flush=True)
-        rep_runs, info = repetition(base, rep, events, timeout)
+        rep_runs, info = repetition(base, rep, events, timeout, sorted(skip))
         runs += rep_runs
         repetitions.append(info)
     extra: dict[str, Any] = {}
@@ -461,12 +637,23 @@ def main() -> None:
             "duplicate_rate": DUPLICATES,
             "repeats": repeats,
             "timeout_seconds": timeout,
+            "worker_runtimes": dict(RUNTIMES),
             "repetitions": repetitions,
         },
         runs=runs,
         notes=[
             "rates: unique events (rows) per second of wall time to carry the whole input",
             "e2e and naive Faust include process start-up and consumer-group join",
+            "e2e_batch: e2e's ingest records copied to <prefix>batch. and run with"
+            " QMSFLOW_WORKER_RUNTIME=batch, app id qmsflow-batch; its sink finds the audit rows"
+            " of e2e's events already chained, so it appends none (e2e's sink appends one per"
+            " event); whether it ran is in parameters.repetitions[].e2e_batch",
+            "cpu: utime + stime of each process from /proc/<pid>/stat (all threads, exited ones"
+            " included), read at the first output and the last, before the process is stopped;"
+            " steady_us_per_event: CPU between the two readings per unique event done between"
+            " them (the worker's counted on its output, the canonical topic; the sink's by its"
+            " committed offsets); total_us_per_event: CPU from the process's start per unique"
+            " event; threads: the end reading split by live thread name",
             "COPY: one COPY of the canonical rows into a table LIKE qms.quality_event",
             "upserted tables (sink_incident, sink_golden_record): rows stored per second from"
             " the first record copied to a joined sink until its offsets cover them (start-up"
@@ -491,6 +678,10 @@ def main() -> None:
     print(f"\nmachine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB")
     print(f"{events} events, {DUPLICATES:.0%} duplicates, median of {repeats} runs\n")
     print(format_table(medians(runs)))
+    cpu = cpu_medians(runs)
+    if cpu:
+        print("\nCPU per unique event (median µs)\n")
+        print(format_cpu_table(cpu))
     print()
     if "latency" in extra:
         print("\nlatency (ms) from the producer's timestamp\n")
@@ -503,7 +694,7 @@ def main() -> None:
         print(format_state(extra["state"]))
     print(f"\nload average before {load_before}, after {os.getloadavg()}")
     print(f"bench took {document['bench_seconds'] / 60:.1f} min\n")
-    for check in check_targets(medians(runs)):
+    for check in check_targets(medians(runs), cpu):
         print(check.sentence())
     if "latency" in extra:
         print(latency_check(extra["latency"]))

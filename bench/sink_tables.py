@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     ConsumerGroupTopicPartitions,
     Producer,
@@ -95,6 +96,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: Any  # as confluent-kafka gives them, given back to it unchanged
+    timestamp: int | None = None  # ms since the epoch, as the broker stored it (None: none)
 
 
 def read_topic(settings: Settings, topic: str) -> list[RawRecord]:
@@ -117,7 +119,9 @@ def read_topic(settings: Settings, topic: str) -> list[RawRecord]:
                 if m.error():
                     continue
                 p, offset = m.partition() or 0, m.offset() or 0
-                records.append(RawRecord(p, m.key(), m.value(), m.headers()))
+                kind, stamp = m.timestamp()
+                at = None if kind == TIMESTAMP_NOT_AVAILABLE else stamp
+                records.append(RawRecord(p, m.key(), m.value(), m.headers(), at))
                 if offset + 1 >= ends[p]:
                     done.add(p)
         return records

@@ -124,6 +124,7 @@ class TestResultDocument:
             "parameters",
             "runs",
             "medians_per_second",
+            "medians_cpu_us_per_event",
             "targets",
             "notes",
         }
@@ -134,12 +135,15 @@ class TestResultDocument:
             "end-to-end events/s",
             "end-to-end ÷ naive Faust",
             "sink ÷ raw COPY",
+            "end-to-end events/s, faust runtime (issue 16)",
+            "end-to-end ÷ naive Faust, faust runtime (issue 16)",
+            "worker CPU µs/event after the first row, faust runtime (issue 16)",
         ]
         assert runs_from_document(loaded) == runs
 
     def test_unknown_schema_version_is_refused(self) -> None:
         """A result file of another shape is named, not misread."""
-        with pytest.raises(ValueError, match="schema_version: expected 1, got 99"):
+        with pytest.raises(ValueError, match=r"schema_version: expected one of \(1, 2\), got 99"):
             runs_from_document({"schema_version": 99, "runs": []})
 
 
@@ -175,10 +179,11 @@ class TestUpsertedTables:
         assert rows[LABELS["copy_golden_record"]][1] == pytest.approx(1.0)
 
     def test_results_without_upserted_tables_check_only_the_event_table(self) -> None:
-        """Older result files (no upserted tables) keep their three target lines."""
+        """Older result files (no upserted tables) keep issue 8's three target lines."""
         older = [r for r in self._runs() if r.measurement in ("sink_alone", "copy")]
         names = [c.target for c in check_targets(medians(older))]
-        assert names == ["end-to-end events/s", "end-to-end ÷ naive Faust", "sink ÷ raw COPY"]
+        assert names[:3] == ["end-to-end events/s", "end-to-end ÷ naive Faust", "sink ÷ raw COPY"]
+        assert not any("qms." in n for n in names)
 
 
 class TestPlot:
