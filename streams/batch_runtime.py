@@ -53,7 +53,6 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
-from qmsflow.kafka.headers import header_pairs
 from qmsflow.kafka.producer import create_producer
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.event import Coordinates
@@ -436,6 +435,6 @@ def _raw(message: Message) -> RawMessage:
         offset=message.offset() or 0,
         key=message.key(),
         value=message.value(),
-        headers=header_pairs(message.headers()),
+        headers=message.headers() or [],  # type: ignore[arg-type]  # librdkafka: (str, bytes)
         timestamp_ms=timestamp if timestamp > 0 else None,
     )
