@@ -80,6 +80,302 @@ def topics_describe() -> None:
         click.echo(f"{state.name:42} {state.declared_partitions:>8} {actual:>6} {messages:>9}")
 
 
+# A local broker answers metadata in milliseconds and a remote one in well under this; an SRE
+# waiting on an unreachable broker wants the error soon, not after admin's 30 s.
+_SPREAD_TIMEOUT = 10.0
+# DemoTraffic records counted for --demo-plant: line shares settle within ±0.3 points by then.
+_DEMO_SAMPLE = 20_000
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """Partition or worker counts written `6,8,12` or `6-48`, ascending, each ≥ 1."""
+    counts: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        low, _, high = item.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise click.BadParameter(f"expected counts like 6,8,12 or 6-48, got {item!r}") from None
+        if first < 1 or last < first:
+            raise click.BadParameter(f"expected counts ≥ 1, low to high, got {item!r}")
+        counts.update(range(first, last + 1))
+    if not counts:
+        raise click.BadParameter("no counts given")
+    return tuple(sorted(counts))
+
+
+@topics.command("spread")
+@click.option(
+    "--topic",
+    "topic_names",
+    multiple=True,
+    help="Declared topic to measure (logical name, repeatable: they add up); default "
+    "quality.events.v1.",
+)
+@click.option(
+    "--ingest", is_flag=True, help="Measure the ingest topics together (the ingest agent's load)."
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=5000,
+    show_default=True,
+    help="Keys read from the end of each partition; 0 reads every record.",
+)
+@click.option("--lines", "lines_text", help="Plan for these lines instead: a,b=2,c (weights).")
+@click.option(
+    "--lines-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Plan for the lines in a file: one per row, `line` or `line weight`, # comments.",
+)
+@click.option(
+    "--demo-plant", is_flag=True, help="Plan for the demo plant's lines at their demo traffic."
+)
+@click.option(
+    "--partitions", "counts_text", help="Counts to show, e.g. 6,8,12,16; default the topic's."
+)
+@click.option(
+    "--workers",
+    "workers_text",
+    default="2,3,4,6",
+    show_default=True,
+    help="Group sizes to show and recommend for.",
+)
+@click.option(
+    "--assignor",
+    type=click.Choice(["range", "round-robin", "load-aware"]),
+    default="round-robin",
+    show_default=True,
+    help="How workers get partitions, for the recommendation: round-robin (the Faust worker's) "
+    "or range (the batch runtime's and the sink's).",
+)
+@click.option(
+    "--candidates",
+    "candidates_text",
+    default="6-48",
+    show_default=True,
+    help="Partition counts the recommendation chooses from.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="Percent above even the busiest partition or worker may carry.",
+)
+def topics_spread(
+    topic_names: tuple[str, ...],
+    ingest: bool,
+    sample: int,
+    lines_text: str | None,
+    lines_file: str | None,
+    demo_plant: bool,
+    counts_text: str | None,
+    workers_text: str,
+    assignor: str,
+    candidates_text: str,
+    tolerance: float,
+) -> None:
+    """How product lines spread over partitions, and the worker speed-up that allows.
+
+    Measures the topics on the broker (records per partition from the watermarks, product lines
+    from the keys at each partition's end), or plans without a broker for --lines, --lines-file
+    or --demo-plant. docs/scaling.md explains the figures.
+    """
+    from pathlib import Path
+
+    from confluent_kafka import KafkaException
+
+    from qmsflow.partition_spread import planned_spread, read_line_weights
+    from qmsflow.topics import load_catalog
+
+    settings = load_settings()
+    workers = _counts(workers_text)
+    candidates = _counts(candidates_text)
+    if sum(source is not None for source in (lines_text, lines_file, demo_plant or None)) > 1:
+        raise click.UsageError("give one of --lines, --lines-file and --demo-plant")
+    try:
+        catalog = load_catalog()
+        if ingest:
+            topic_names = (*topic_names, *(t.name for t in catalog.by_role("ingest")))
+        topic_names = tuple(dict.fromkeys(topic_names)) or ("quality.events.v1",)
+        declared = {catalog[name].partitions for name in topic_names}
+        counts = _counts(counts_text) if counts_text else (max(declared),)
+        if lines_text is not None:
+            weights = read_line_weights(lines_text)
+            click.echo(f"{len(weights)} product lines from --lines, planned")
+        elif lines_file is not None:
+            weights = read_line_weights(Path(lines_file).read_text(encoding="utf-8"))
+            click.echo(f"{len(weights)} product lines from {lines_file}, planned")
+        elif demo_plant:
+            weights = _demo_plant_weights()
+            click.echo(
+                f"the demo plant: {len(weights)} product lines weighted by their records among "
+                f"{_DEMO_SAMPLE:,} of demo traffic (seed 7), planned"
+            )
+        else:
+            weights, measured_count = _measure_spread(settings, topic_names, sample, workers)
+            counts = tuple(n for n in counts if n != measured_count) if counts_text else ()
+        for count in counts:
+            click.echo(f"\n{count} partitions, planned (murmur2 of each line mod {count})")
+            _echo_spread(planned_spread(weights, count), workers, None)
+        _echo_recommendations(weights, candidates, tolerance / 100, workers, assignor)
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc
+        raise click.ClickException(
+            f"cannot read from Kafka at {settings.bootstrap_servers}: {reason}"
+        ) from exc
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    except (QmsflowError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _measure_spread(
+    settings: Any, logical: tuple[str, ...], sample: int, workers: tuple[int, ...]
+) -> tuple[dict[str, float], int]:
+    """Read and print the spread of co-partitioned topics as one; return line shares and count.
+
+    Several topics add up per partition number: a worker that owns partition p of one owns p of
+    every topic co-partitioned with it.
+    """
+    from collections import defaultdict
+
+    from qmsflow.kafka.admin import partition_counts, read_partition_keys
+    from qmsflow.partition_spread import UNKEYED, misplaced_lines, observed_spread, scaled_sample
+    from qmsflow.topics import load_catalog
+
+    records: dict[int, int] = defaultdict(int)
+    samples: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    sampled = 0
+    names = [settings.topic(name) for name in logical]
+    tail = "every record" if sample == 0 else f"the last {sample:,} records"
+    for name in names:
+        click.echo(f"reading {tail} of each partition of {name}", err=True)
+        read = read_partition_keys(
+            settings, name, sample or None, lambda line: click.echo(line, err=True), _SPREAD_TIMEOUT
+        )
+        if records and len(read) != len(records):
+            raise click.ClickException(
+                f"{name} has {len(read)} partitions, {names[0]} {len(records)}: only topics "
+                "with one partition count add up"
+            )
+        for p in read:
+            records[p.partition] += p.records
+            keys = {key or UNKEYED: n for key, n in p.keys.items()}
+            for key, weight in scaled_sample(keys, p.records).items():
+                samples[p.partition][key] += weight
+            sampled += sum(p.keys.values())
+    spread = observed_spread(samples, records)
+    catalog = load_catalog()
+    title = names[0] if len(names) == 1 else f"{len(names)} topics, added up"
+    if len(names) > 1 and set(logical) == {t.name for t in catalog.by_role("ingest")}:
+        title = f"the {len(names)} ingest topics, added up"
+    click.echo(
+        f"{title}: {spread.count} partitions, {sum(records.values()):,} records, measured "
+        f"(lines' shares from {sampled:,} keys)"
+    )
+    group = [t for t in catalog.topics if t.role in ("ingest", "canonical", "internal")]
+    if any(t.name in logical for t in group):
+        ingest = sum(1 for t in group if t.role == "ingest")
+        click.echo(
+            f"{len(group)} topics share one declared count, {group[0].partitions} "
+            f"({ingest} ingest, 1 canonical, {len(group) - ingest - 1} internal): a line has "
+            "the same partition number in all of them"
+        )
+        in_group = [settings.topic(t.name) for t in group]
+        for other, count in partition_counts(settings, in_group, _SPREAD_TIMEOUT).items():
+            if count != spread.count:
+                click.echo(f"warning: {other} has {count} partitions, not {spread.count}", err=True)
+    _echo_spread(spread, workers, dict(records))
+    for line, found, home in misplaced_lines(spread):
+        click.echo(
+            f"warning: {line} is on partition {found}, murmur2 puts it on {home}: a producer "
+            "without partitioner=murmur2_random splits its records",
+            err=True,
+        )
+    shares = {line.line: line.share for p in spread.partitions for line in p.lines}
+    shares.pop(UNKEYED, None)  # keyless records have no partition to plan for
+    return shares, spread.count
+
+
+def _demo_plant_weights() -> dict[str, float]:
+    """The demo plant's lines, weighted by their records in demo traffic."""
+    from collections import Counter
+    from datetime import UTC, datetime
+
+    from qmsflow.demo.traffic import DemoTraffic
+
+    traffic = DemoTraffic(seed=7, start=datetime.now(UTC))
+    return dict(Counter(record.key for record in traffic.records(_DEMO_SAMPLE)))
+
+
+def _echo_spread(spread: Any, workers: tuple[int, ...], records: dict[int, int] | None) -> None:
+    """Each partition's share and lines, the busiest partition, and the workers' ceilings."""
+    from qmsflow.partition_spread import ASSIGNORS
+
+    width = max([len("product line"), *(len(s.line) for p in spread.partitions for s in p.lines)])
+    counted = f"{'records':>10} " if records is not None else ""
+    click.echo(
+        f"{'partition':>9} {counted}{'share':>6} {'×even':>6}  {'product line':<{width}} share"
+    )
+    for p in spread.partitions:
+        lead = f"{p.partition:>9} "
+        if records is not None:
+            lead += f"{records.get(p.partition, 0):>10,} "
+        lead += f"{p.share:>6.1%} {p.share * spread.count:>6.2f}  "
+        if not p.lines:
+            click.echo(f"{lead}-")
+        for index, line in enumerate(p.lines):
+            click.echo(
+                f"{lead if index == 0 else ' ' * len(lead)}{line.line:<{width}} {line.share:>5.1%}"
+            )
+    busiest = spread.busiest
+    click.echo(
+        f"busiest: partition {busiest.partition}, {busiest.share:.1%} of traffic = "
+        f"{spread.skew:.2f}× even ({1 / spread.count:.1%}); {spread.busy} of {spread.count} "
+        "partitions carry traffic"
+    )
+    click.echo("busiest worker's share and speed-up over one worker, by assignor:")
+    click.echo(f"{'workers':>9} " + " ".join(f"{a:>15}" for a in ASSIGNORS))
+    for count in workers:
+        cells = []
+        for assignor in ASSIGNORS:
+            share = spread.busiest_worker(count, assignor)
+            cells.append(f"{share:>6.1%} {1 / share:>5.2f}×".rjust(15))
+        click.echo(f"{count:>9} " + " ".join(cells))
+
+
+def _echo_recommendations(
+    weights: dict[str, float],
+    candidates: tuple[int, ...],
+    tolerance: float,
+    workers: tuple[int, ...],
+    assignor: Any,
+) -> None:
+    """The smallest fitting count for the partitions and for each group size, or the nearest."""
+    from qmsflow.partition_spread import recommend
+
+    scope = f"{candidates[0]}–{candidates[-1]}" if len(candidates) > 1 else str(candidates[0])
+    click.echo(f"\nsmallest of {scope} partitions within {tolerance:.0%} of even:")
+    for group in (None, *workers):
+        advice = recommend(weights, candidates, tolerance, group, assignor)
+        what = "busiest partition" if group is None else f"{group} workers ({assignor})"
+        if advice.partitions is not None:
+            chosen = next(s for s in advice.candidates if s.count == advice.partitions)
+            click.echo(f"  {what:>26}: {chosen.count}, at {advice.load(chosen):.2f}× even")
+        else:
+            best = advice.most_even
+            click.echo(
+                f"  {what:>26}: none; nearest {best.count}, at {advice.load(best):.2f}× even"
+            )
+    heaviest = advice.heaviest_line
+    click.echo(
+        f"{heaviest.line} alone carries {heaviest.share:.1%} of traffic: no count takes the "
+        f"busiest partition below that, nor a group past {1 / heaviest.share:.1f}× one worker"
+    )
+
+
 @topics.command("scale")
 @click.argument("topic_names", nargs=-1, required=True)
 @click.option("--partitions", type=click.IntRange(min=1), required=True, help="The new count.")

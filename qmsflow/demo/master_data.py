@@ -44,6 +44,11 @@ _SUPPLIER_SITES: dict[str, tuple[str, str]] = {
     "SUP-0104": ("US", "APPROVED"),
     "SUP-0128": ("US", "CONDITIONAL"),
     "SUP-0210": ("IE", "APPROVED"),
+    "SUP-0233": ("US", "APPROVED"),
+    "SUP-0247": ("PL", "APPROVED"),
+    "SUP-0259": ("DE", "APPROVED"),
+    "SUP-0266": ("GB", "CONDITIONAL"),
+    "SUP-0272": ("US", "APPROVED"),
 }
 
 # Equipment descriptions by the type segment of the id (EQ-<TYPE>-<NN>).
@@ -60,6 +65,21 @@ _EQUIPMENT_TYPES = {
     "TENSILE": "tensile tester",
     "LASERMIC": "laser micrometer",
     "READER": "lateral flow strip reader",
+    "HIPOT": "electrical safety analyser",
+    "BATTCYCLER": "battery cycle tester",
+    "LEAKTEST": "pressure-decay leak tester",
+    "PULLTEST": "bond pull tester",
+    "VISION": "automated vision inspection system",
+    "DISPENSER": "reagent dispensing system",
+    "SEALER": "pouch heat sealer",
+    "CCIT": "container closure integrity tester",
+    "ETO": "ethylene oxide steriliser",
+    "RFWELDER": "RF welder",
+    "CRIMPER": "stent crimping system",
+    "LATHE": "Swiss-type CNC lathe",
+    "CMM": "coordinate measuring machine",
+    "PROFILOMETER": "surface profilometer",
+    "LENSGAUGE": "lens diameter and power gauge",
 }
 
 # A lot exists in the ERP before anything is recorded against it: this long before its first
@@ -76,16 +96,16 @@ def _message(record: MasterRecord) -> MasterMessage:
 
 
 def plant_master_records(updated_at: datetime, plant: Plant = PLANT) -> list[MasterMessage]:
-    """Suppliers, parts and equipment of the plant, in that order, as of `updated_at`."""
+    """Suppliers, parts and equipment of every line, in that order, as of `updated_at`."""
     records: list[MasterRecord] = []
-    for supplier in plant.suppliers:
+    for supplier in plant.every_supplier:
         country, approval = _SUPPLIER_SITES.get(supplier.supplier_id, ("IE", "APPROVED"))
         records.append(
             SupplierRecord(
                 supplier.supplier_id, supplier.name, country, approval, updated_at, "ERP"
             )
         )
-    for part in plant.parts:
+    for part in plant.every_part:
         records.append(
             PartRecord(
                 part.number,
@@ -97,7 +117,7 @@ def plant_master_records(updated_at: datetime, plant: Plant = PLANT) -> list[Mas
                 "PLM",
             )
         )
-    for equipment in plant.equipment:
+    for equipment in plant.every_equipment:
         kind = equipment.equipment_id.removeprefix("EQ-").rsplit("-", 1)[0]
         records.append(
             EquipmentRecord(
@@ -154,9 +174,9 @@ def lot_master_records(records: Iterable[DemoRecord], plant: Plant = PLANT) -> l
             lot.part_number = lot.part_number or record["part_number"]
             lot.first_at = min(lot.first_at, record["occurred_at"])
 
-    parts = {p.number: p for p in plant.parts}
+    parts = {p.number: p for p in plant.every_part}
     first_part: dict[str, Part] = {}
-    for part in plant.parts:
+    for part in plant.every_part:
         first_part.setdefault(part.product_line, part)
     received: dict[str, tuple[Part, str, datetime]] = {}  # raw lot -> part, site, received at
     made: list[LotRecord] = []

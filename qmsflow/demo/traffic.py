@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "PLANT",
@@ -27,6 +27,7 @@ __all__ = [
     "DemoRecord",
     "DemoTraffic",
     "Plant",
+    "ProductLine",
     "corrupt_payloads",
     "with_duplicates",
 ]
@@ -162,9 +163,38 @@ class MonitoringPoint:
     parameters: tuple[str, ...]
 
 
+#: how a background line is regulated, which picks its FDA recall number's letter
+RegulatedAs = Literal["device", "drug", "biologic"]
+
+
+@dataclass(frozen=True)
+class ProductLine:
+    """A background product line: plain traffic and master data, nothing scripted.
+
+    `family` picks its MES inspection plan and LIMS tests (lines of one kind are inspected and
+    tested alike). Its parts name suppliers from the plant's and the background's lists.
+    """
+
+    name: str
+    family: str
+    regulated_as: RegulatedAs
+    sites: tuple[str, ...]
+    parts: tuple[Part, ...]
+    equipment: tuple[Equipment, ...]
+    points: tuple[MonitoringPoint, ...]
+
+
 @dataclass(frozen=True)
 class Plant:
-    """The sites, lines, parts, suppliers, people, equipment and monitoring points of the demo."""
+    """The sites, lines, parts, suppliers, people, equipment and monitoring points of the demo.
+
+    `sites` to `points` are the scripted lines: the scenarios draw on them and the demo source
+    database mirrors them (connectors/debezium/erp_seed.sql), so their entities stay as they
+    are. `background_lines` and `background_suppliers` are the rest of a real plant's lines,
+    there for volume and spread (traffic keyed by dozens of lines, docs/scaling.md): their
+    events and demo master data flow like the scripted lines', but no scenario and no CDC
+    source names them. The `every_*` views span both.
+    """
 
     sites: dict[str, tuple[str, ...]]
     parts: tuple[Part, ...]
@@ -172,15 +202,404 @@ class Plant:
     employees: tuple[Employee, ...]
     equipment: tuple[Equipment, ...]
     points: tuple[MonitoringPoint, ...]
+    background_lines: tuple[ProductLine, ...] = ()
+    background_suppliers: tuple[Supplier, ...] = ()
 
     @property
     def product_lines(self) -> tuple[str, ...]:
-        """Every product line, each made at one or more sites."""
-        return tuple(sorted({line for lines in self.sites.values() for line in lines}))
+        """Every product line, scripted and background, each made at one or more sites."""
+        scripted = {line for lines in self.sites.values() for line in lines}
+        return tuple(sorted(scripted | {line.name for line in self.background_lines}))
+
+    @property
+    def every_part(self) -> tuple[Part, ...]:
+        """The scripted lines' parts, then the background lines'."""
+        return (*self.parts, *(p for line in self.background_lines for p in line.parts))
+
+    @property
+    def every_supplier(self) -> tuple[Supplier, ...]:
+        """The scripted lines' suppliers, then those only background lines buy from."""
+        return (*self.suppliers, *self.background_suppliers)
+
+    @property
+    def every_equipment(self) -> tuple[Equipment, ...]:
+        """The scripted lines' equipment, then the background lines'."""
+        return (*self.equipment, *(e for line in self.background_lines for e in line.equipment))
+
+    @property
+    def every_point(self) -> tuple[MonitoringPoint, ...]:
+        """The scripted lines' monitoring points, then the background lines'."""
+        return (*self.points, *(p for line in self.background_lines for p in line.points))
+
+    def background_line(self, name: str) -> ProductLine | None:
+        """The background line of that name; None for a scripted line."""
+        return next((line for line in self.background_lines if line.name == name), None)
 
     def sites_of(self, product_line: str) -> tuple[str, ...]:
         """Return the sites that make a product line."""
+        background = self.background_line(product_line)
+        if background is not None:
+            return background.sites
         return tuple(site for site, lines in self.sites.items() if product_line in lines)
+
+
+# What a monitoring point samples, by the room's class (EU GMP Annex 1): grade A air for
+# particles and viable counts only; classified rooms add the pressure cascade and climate;
+# controlled, unclassified rooms only climate.
+_GRADE_A = ("particles_0_5um", "viable_count")
+_CLASSIFIED = ("particles_0_5um", "differential_pressure", "temperature", "relative_humidity")
+_CONTROLLED = ("temperature", "relative_humidity")
+
+# Suppliers only the background lines buy from; the rest of their parts come from the scripted
+# lines' suppliers, as a plant's moulders, glassworks and packaging houses serve many lines.
+_BACKGROUND_SUPPLIERS = (
+    Supplier("SUP-0233", "Ardmore Titanium Alloys"),
+    Supplier("SUP-0247", "Vistula Medical Textiles"),
+    Supplier("SUP-0259", "Rheinau Pharma Ingredients"),
+    Supplier("SUP-0266", "Saltire Hydrogels"),
+    Supplier("SUP-0272", "Tamarack Membranes"),
+)
+
+# The plant's other twenty lines: Boston assembles electromechanical devices and diagnostics and
+# fills syringes and vaccines; Cork makes disposables, implants and ophthalmics.
+_BACKGROUND_LINES = (
+    ProductLine(
+        "syringe-pumps",
+        "electromechanical",
+        "device",
+        ("BOS1",),
+        (
+            Part("PN-50112-B", "syringe pump chassis", "syringe-pumps", "SUP-0017"),
+            Part("PN-50127-A", "lead screw drive assembly", "syringe-pumps", "SUP-0063"),
+            Part("PN-50140-C", "plunger force sensor", "syringe-pumps", "SUP-0063"),
+        ),
+        (
+            Equipment("EQ-HIPOT-03", "BOS1", "syringe-pumps", 365),
+            Equipment("EQ-FLOWTEST-05", "BOS1", "syringe-pumps", 180),
+        ),
+        (MonitoringPoint("BOS1-ASSY-RM3-P01", "BOS1", "syringe-pumps", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "patient-monitors",
+        "electromechanical",
+        "device",
+        ("BOS1",),
+        (
+            Part("PN-51204-A", "monitor front bezel", "patient-monitors", "SUP-0017"),
+            Part("PN-51219-D", "SpO2 sensor board", "patient-monitors", "SUP-0063"),
+            Part("PN-51233-B", "lithium-ion battery pack", "patient-monitors", "SUP-0063"),
+        ),
+        (
+            Equipment("EQ-HIPOT-04", "BOS1", "patient-monitors", 365),
+            Equipment("EQ-BATTCYCLER-01", "BOS1", "patient-monitors", 180),
+        ),
+        (MonitoringPoint("BOS1-ASSY-RM4-P01", "BOS1", "patient-monitors", None, _CONTROLLED),),
+    ),
+    ProductLine(
+        "dialysis-filters",
+        "single-use",
+        "device",
+        ("BOS1",),
+        (
+            Part("PN-52108-A", "polysulfone hollow fibre bundle", "dialysis-filters", "SUP-0272"),
+            Part("PN-52115-B", "dialyser housing", "dialysis-filters", "SUP-0017"),
+            Part("PN-52131-A", "polyurethane potting compound", "dialysis-filters", "SUP-0128"),
+        ),
+        (
+            Equipment("EQ-LEAKTEST-04", "BOS1", "dialysis-filters", 90),
+            Equipment("EQ-PULLTEST-02", "BOS1", "dialysis-filters", 180),
+        ),
+        (MonitoringPoint("BOS1-DIAL-RM6-P01", "BOS1", "dialysis-filters", "C", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "surgical-staplers",
+        "single-use",
+        "device",
+        ("BOS1",),
+        (
+            Part("PN-53206-C", "stapler handle moulding", "surgical-staplers", "SUP-0017"),
+            Part("PN-53214-A", "titanium staple cartridge", "surgical-staplers", "SUP-0233"),
+            Part("PN-53229-B", "firing spring", "surgical-staplers", "SUP-0091"),
+        ),
+        (
+            Equipment("EQ-PULLTEST-03", "BOS1", "surgical-staplers", 180),
+            Equipment("EQ-VISION-02", "BOS1", "surgical-staplers", 365),
+        ),
+        (MonitoringPoint("BOS1-ASSY-RM5-P01", "BOS1", "surgical-staplers", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "blood-glucose-strips",
+        "ivd",
+        "device",
+        ("BOS1", "CORK2"),
+        (
+            Part("PN-54103-A", "electrode test strip", "blood-glucose-strips", "SUP-0104"),
+            Part("PN-54117-B", "glucose oxidase reagent", "blood-glucose-strips", "SUP-0104"),
+            Part("PN-54126-A", "strip vial with desiccant", "blood-glucose-strips", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-DISPENSER-02", "BOS1", "blood-glucose-strips", 90),
+            Equipment("EQ-DISPENSER-05", "CORK2", "blood-glucose-strips", 90),
+        ),
+        (MonitoringPoint("BOS1-STRIP-RM2-P01", "BOS1", "blood-glucose-strips", None, _CONTROLLED),),
+    ),
+    ProductLine(
+        "pcr-reagent-kits",
+        "ivd",
+        "device",
+        ("BOS1",),
+        (
+            Part("PN-55210-A", "PCR master mix 1 mL", "pcr-reagent-kits", "SUP-0104"),
+            Part("PN-55222-C", "primer and probe set", "pcr-reagent-kits", "SUP-0104"),
+            Part("PN-55238-B", "reagent kit carton", "pcr-reagent-kits", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-DISPENSER-03", "BOS1", "pcr-reagent-kits", 90),
+            Equipment("EQ-BALANCE-14", "BOS1", "pcr-reagent-kits", 90),
+        ),
+        (MonitoringPoint("BOS1-PCR-RM7-P01", "BOS1", "pcr-reagent-kits", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "pregnancy-tests",
+        "ivd",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-56105-B", "midstream test housing", "pregnancy-tests", "SUP-0017"),
+            Part("PN-56113-A", "hCG lateral flow strip", "pregnancy-tests", "SUP-0104"),
+            Part("PN-56128-A", "foil pouch", "pregnancy-tests", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-SEALER-02", "CORK2", "pregnancy-tests", 180),
+            Equipment("EQ-READER-09", "CORK2", "pregnancy-tests", 180),
+        ),
+        (MonitoringPoint("CORK2-KIT-RM2-P01", "CORK2", "pregnancy-tests", None, _CONTROLLED),),
+    ),
+    ProductLine(
+        "insulin-pens",
+        "sterile-fill",
+        "drug",
+        ("BOS1",),
+        (
+            Part("PN-57104-A", "3 mL glass cartridge", "insulin-pens", "SUP-0042"),
+            Part("PN-57118-B", "cartridge plunger", "insulin-pens", "SUP-0055"),
+            Part("PN-57125-C", "pen injector body", "insulin-pens", "SUP-0017"),
+        ),
+        (
+            Equipment("EQ-FILLER-03", "BOS1", "insulin-pens", 180),
+            Equipment("EQ-CCIT-01", "BOS1", "insulin-pens", 180),
+        ),
+        (
+            MonitoringPoint("BOS1-PEN-RM8-P01", "BOS1", "insulin-pens", "A", _GRADE_A),
+            MonitoringPoint("BOS1-PEN-RM8-P02", "BOS1", "insulin-pens", "B", _CLASSIFIED),
+        ),
+    ),
+    ProductLine(
+        "prefilled-syringes",
+        "sterile-fill",
+        "drug",
+        ("BOS1", "CORK2"),
+        (
+            Part("PN-58106-A", "1 mL long glass syringe barrel", "prefilled-syringes", "SUP-0042"),
+            Part("PN-58119-B", "syringe plunger stopper", "prefilled-syringes", "SUP-0055"),
+            Part("PN-58127-A", "enoxaparin drug substance", "prefilled-syringes", "SUP-0259"),
+        ),
+        (
+            Equipment("EQ-FILLER-04", "BOS1", "prefilled-syringes", 180),
+            Equipment("EQ-FILLER-06", "CORK2", "prefilled-syringes", 180),
+        ),
+        (
+            MonitoringPoint("BOS1-SYR-RM9-P01", "BOS1", "prefilled-syringes", "A", _GRADE_A),
+            MonitoringPoint("CORK2-SYR-RM5-P01", "CORK2", "prefilled-syringes", "B", _CLASSIFIED),
+        ),
+    ),
+    ProductLine(
+        "lyophilised-vaccines",
+        "sterile-fill",
+        "biologic",
+        ("BOS1",),
+        (
+            Part("PN-59102-A", "vial 3 mL type I glass", "lyophilised-vaccines", "SUP-0042"),
+            Part("PN-59114-B", "lyophilisation stopper 13 mm", "lyophilised-vaccines", "SUP-0055"),
+            Part("PN-59121-A", "antigen bulk", "lyophilised-vaccines", "SUP-0104"),
+        ),
+        (
+            Equipment("EQ-LYO-05", "BOS1", "lyophilised-vaccines", 365),
+            Equipment("EQ-FILLER-07", "BOS1", "lyophilised-vaccines", 180),
+        ),
+        (
+            MonitoringPoint("BOS1-VAC-RM3-P01", "BOS1", "lyophilised-vaccines", "A", _GRADE_A),
+            MonitoringPoint("BOS1-VAC-RM3-P02", "BOS1", "lyophilised-vaccines", "B", _CLASSIFIED),
+        ),
+    ),
+    ProductLine(
+        "ophthalmic-solutions",
+        "sterile-fill",
+        "drug",
+        ("CORK2",),
+        (
+            Part("PN-60107-A", "LDPE dropper bottle 5 mL", "ophthalmic-solutions", "SUP-0017"),
+            Part("PN-60115-B", "dropper tip and cap", "ophthalmic-solutions", "SUP-0017"),
+            Part("PN-60124-A", "timolol maleate", "ophthalmic-solutions", "SUP-0259"),
+        ),
+        (
+            Equipment("EQ-FILLER-08", "CORK2", "ophthalmic-solutions", 180),
+            Equipment("EQ-AUTOCLAVE-05", "CORK2", "ophthalmic-solutions", 365),
+        ),
+        (
+            MonitoringPoint("CORK2-OPH-RM2-P01", "CORK2", "ophthalmic-solutions", "A", _GRADE_A),
+            MonitoringPoint("CORK2-OPH-RM2-P02", "CORK2", "ophthalmic-solutions", "B", _CLASSIFIED),
+        ),
+    ),
+    ProductLine(
+        "iv-administration-sets",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-61103-A", "PVC tubing 3 mm", "iv-administration-sets", "SUP-0128"),
+            Part("PN-61116-C", "drip chamber", "iv-administration-sets", "SUP-0017"),
+            Part("PN-61129-B", "roller clamp", "iv-administration-sets", "SUP-0017"),
+        ),
+        (
+            Equipment("EQ-LEAKTEST-05", "CORK2", "iv-administration-sets", 90),
+            Equipment("EQ-ETO-01", "CORK2", "iv-administration-sets", 365),
+        ),
+        (
+            MonitoringPoint(
+                "CORK2-SETS-RM4-P01", "CORK2", "iv-administration-sets", "C", _CLASSIFIED
+            ),
+        ),
+    ),
+    ProductLine(
+        "enteral-feeding-sets",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-62108-B", "ENFit connector", "enteral-feeding-sets", "SUP-0017"),
+            Part("PN-62112-A", "silicone feeding tube", "enteral-feeding-sets", "SUP-0128"),
+            Part("PN-62130-A", "feed bag 1 L", "enteral-feeding-sets", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-LEAKTEST-06", "CORK2", "enteral-feeding-sets", 90),
+            Equipment("EQ-PULLTEST-04", "CORK2", "enteral-feeding-sets", 180),
+        ),
+        (MonitoringPoint("CORK2-SETS-RM4-P02", "CORK2", "enteral-feeding-sets", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "wound-dressings",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-63105-A", "polyurethane foam pad", "wound-dressings", "SUP-0247"),
+            Part("PN-63117-B", "silicone adhesive border", "wound-dressings", "SUP-0247"),
+            Part("PN-63122-A", "peel pouch", "wound-dressings", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-SEALER-03", "CORK2", "wound-dressings", 180),
+            Equipment("EQ-PULLTEST-05", "CORK2", "wound-dressings", 180),
+        ),
+        (MonitoringPoint("CORK2-WND-RM6-P01", "CORK2", "wound-dressings", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "introducer-sheaths",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-64109-C", "sheath tubing 6Fr", "introducer-sheaths", "SUP-0128"),
+            Part("PN-64113-A", "haemostatic valve", "introducer-sheaths", "SUP-0055"),
+            Part("PN-64126-B", "dilator", "introducer-sheaths", "SUP-0128"),
+        ),
+        (
+            Equipment("EQ-LASERMIC-06", "CORK2", "introducer-sheaths", 180),
+            Equipment("EQ-TENSILE-05", "CORK2", "introducer-sheaths", 180),
+        ),
+        (MonitoringPoint("CORK2-CATH-RM3-P05", "CORK2", "introducer-sheaths", "C", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "blood-bags",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-65104-A", "PVC sheet for bag film", "blood-bags", "SUP-0128"),
+            Part("PN-65118-B", "CPDA-1 anticoagulant", "blood-bags", "SUP-0259"),
+            Part("PN-65123-A", "donor needle assembly", "blood-bags", "SUP-0091"),
+        ),
+        (
+            Equipment("EQ-RFWELDER-02", "CORK2", "blood-bags", 180),
+            Equipment("EQ-LEAKTEST-07", "CORK2", "blood-bags", 90),
+        ),
+        (MonitoringPoint("CORK2-BAG-RM7-P01", "CORK2", "blood-bags", "C", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "coronary-stents",
+        "implant",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-66102-A", "cobalt-chromium stent tube", "coronary-stents", "SUP-0233"),
+            Part("PN-66119-B", "everolimus coating solution", "coronary-stents", "SUP-0259"),
+            Part("PN-66124-A", "delivery balloon catheter", "coronary-stents", "SUP-0128"),
+        ),
+        (
+            Equipment("EQ-CRIMPER-01", "CORK2", "coronary-stents", 180),
+            Equipment("EQ-LASERMIC-07", "CORK2", "coronary-stents", 180),
+        ),
+        (MonitoringPoint("CORK2-STENT-RM8-P01", "CORK2", "coronary-stents", "C", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "orthopaedic-screws",
+        "implant",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-67106-A", "Ti-6Al-4V bar stock", "orthopaedic-screws", "SUP-0233"),
+            Part("PN-67111-C", "cortical screw 4.5 mm", "orthopaedic-screws", "SUP-0233"),
+            Part("PN-67128-B", "screw tray", "orthopaedic-screws", "SUP-0017"),
+        ),
+        (
+            Equipment("EQ-LATHE-03", "CORK2", "orthopaedic-screws", 365),
+            Equipment("EQ-CMM-01", "CORK2", "orthopaedic-screws", 365),
+        ),
+        (MonitoringPoint("CORK2-ORTHO-RM9-P01", "CORK2", "orthopaedic-screws", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "hip-implants",
+        "implant",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-68103-B", "femoral stem forging", "hip-implants", "SUP-0233"),
+            Part("PN-68115-A", "UHMWPE acetabular liner", "hip-implants", "SUP-0128"),
+            Part("PN-68127-A", "ceramic femoral head", "hip-implants", "SUP-0233"),
+        ),
+        (
+            Equipment("EQ-CMM-02", "CORK2", "hip-implants", 365),
+            Equipment("EQ-PROFILOMETER-01", "CORK2", "hip-implants", 365),
+        ),
+        (MonitoringPoint("CORK2-ORTHO-RM9-P02", "CORK2", "hip-implants", "D", _CLASSIFIED),),
+    ),
+    ProductLine(
+        "contact-lenses",
+        "single-use",
+        "device",
+        ("CORK2",),
+        (
+            Part("PN-69108-A", "silicone hydrogel monomer mix", "contact-lenses", "SUP-0266"),
+            Part("PN-69114-B", "lens mould pair", "contact-lenses", "SUP-0017"),
+            Part("PN-69129-A", "blister foil lid", "contact-lenses", "SUP-0210"),
+        ),
+        (
+            Equipment("EQ-LENSGAUGE-01", "CORK2", "contact-lenses", 90),
+            Equipment("EQ-AUTOCLAVE-06", "CORK2", "contact-lenses", 365),
+        ),
+        (MonitoringPoint("CORK2-LENS-RM5-P01", "CORK2", "contact-lenses", "C", _CLASSIFIED),),
+    ),
+)
 
 
 PLANT = Plant(
@@ -308,6 +727,8 @@ PLANT = Plant(
             ("temperature", "relative_humidity"),
         ),
     ),
+    background_lines=_BACKGROUND_LINES,
+    background_suppliers=_BACKGROUND_SUPPLIERS,
 )
 
 
@@ -410,6 +831,90 @@ _INSTRUMENTS = {
     "MOIST": "EQ-BALANCE-11",
     "SENS-PANEL": "EQ-READER-06",
 }
+
+# The background lines' MES inspection plans and LIMS tests, by family: lines of one kind are
+# inspected and tested alike (units from the data dictionary's list, so none is a dead letter).
+_FAMILY_INSPECTIONS: dict[str, tuple[tuple[str, _Limits], ...]] = {
+    "electromechanical": (
+        ("enclosure wall thickness", _Limits("mm", 2.20, 0.03, 3, 2.10, 2.30)),
+        ("battery run time", _Limits("h", 9.2, 0.4, 1, 8.0, None)),
+        ("alarm function test", _Limits("", 0.0, 0.0, 0, None, None)),
+        ("cosmetic inspection", _Limits("", 0.0, 0.0, 0, None, None)),
+    ),
+    "single-use": (
+        ("outer diameter", _Limits("mm", 4.100, 0.010, 3, 4.070, 4.130)),
+        ("bond strength", _Limits("N", 32.0, 2.8, 1, 22.0, None)),
+        ("leak test", _Limits("", 0.0, 0.0, 0, None, None)),
+        ("visual inspection", _Limits("", 0.0, 0.0, 0, None, None)),
+    ),
+    "implant": (
+        ("thread major diameter", _Limits("mm", 4.500, 0.008, 3, 4.475, 4.525)),
+        ("surface roughness", _Limits("um", 0.40, 0.05, 2, None, 0.60)),
+        ("visual inspection", _Limits("", 0.0, 0.0, 0, None, None)),
+    ),
+    "ivd": (
+        ("strip width", _Limits("mm", 5.00, 0.015, 3, 4.95, 5.05)),
+        ("pouch seal strength", _Limits("N/15mm", 8.5, 0.9, 2, 6.0, None)),
+        ("label verification", _Limits("", 0.0, 0.0, 0, None, None)),
+    ),
+    "sterile-fill": (
+        ("fill volume", _Limits("mL", 1.06, 0.01, 2, 1.02, 1.10)),
+        ("plunger break-loose force", _Limits("N", 5.5, 0.6, 1, None, 10.0)),
+        ("container closure integrity", _Limits("", 0.0, 0.0, 0, None, None)),
+        ("visual inspection", _Limits("", 0.0, 0.0, 0, None, None)),
+    ),
+}
+
+_FAMILY_LAB_TESTS: dict[str, tuple[tuple[str, str, _Limits, str], ...]] = {
+    "electromechanical": (
+        (
+            "ELEC-LEAK",
+            "patient leakage current",
+            _Limits("uA", 35.0, 8.0, 1, None, 100.0),
+            "IEC 60601-1 8.7",
+        ),
+        ("BATT-CAP", "battery capacity", _Limits("%", 99.0, 1.2, 1, 90.0, None), "IEC 62133-2"),
+    ),
+    "single-use": (
+        ("BIOB-01", "bioburden", _Limits("cfu/device", 15.0, 7.0, 0, None, 100.0), "ISO 11737-1"),
+        (
+            "EO-RES",
+            "ethylene oxide residual",
+            _Limits("mg/device", 0.8, 0.3, 2, None, 4.0),
+            "ISO 10993-7",
+        ),
+        ("APPEAR", "appearance", _Limits("", 0.0, 0.0, 0, None, None), "SOP-QC-0112"),
+    ),
+    "implant": (
+        ("BIOB-01", "bioburden", _Limits("cfu/device", 8.0, 4.0, 0, None, 100.0), "ISO 11737-1"),
+        # device rinse extract: 20 EU/device in 40 mL is USP <161>'s limit
+        (
+            "ENDO-LAL",
+            "bacterial endotoxins",
+            _Limits("EU/mL", 0.06, 0.04, 3, None, 0.5),
+            "USP <85>",
+        ),
+        ("STER", "sterility", _Limits("", 0.0, 0.0, 0, None, None), "ISO 11737-2"),
+    ),
+    "ivd": (
+        ("SENS-PANEL", "clinical sensitivity", _Limits("%", 98.1, 0.8, 1, 95.0, None), "TM-DX-031"),
+        ("MOIST", "moisture content", _Limits("%", 1.8, 0.4, 2, None, 4.0), "USP <921>"),
+    ),
+    "sterile-fill": (
+        ("ASSAY-HPLC", "assay", _Limits("%LC", 100.1, 1.0, 1, 95.0, 105.0), "USP <621>"),
+        (
+            "ENDO-LAL",
+            "bacterial endotoxins",
+            _Limits("EU/mL", 0.10, 0.07, 3, None, 0.5),
+            "USP <85>",
+        ),
+        ("PH", "pH", _Limits("pH", 6.9, 0.12, 2, 6.5, 7.4), "USP <791>"),
+        ("STER", "sterility", _Limits("", 0.0, 0.0, 0, None, None), "USP <71>"),
+    ),
+}
+
+# FDA numbers recalls Z-nnnn-yyyy for devices, D- for drugs and B- for biologics.
+_RECALL_LETTERS: dict[RegulatedAs, str] = {"device": "Z", "drug": "D", "biologic": "B"}
 
 # The QMS raises NCs from several feeds and keeps each feed's word for the defect.
 _NC_DEFECTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -705,7 +1210,7 @@ class DemoTraffic:
         return line, self._rng.choice(self._plant.sites_of(line))
 
     def _part(self, line: str) -> Part:
-        return self._rng.choice([p for p in self._plant.parts if p.product_line == line])
+        return self._rng.choice([p for p in self._plant.every_part if p.product_line == line])
 
     def _lot(self, line: str, site: str) -> str:
         """Pick a lot of the line at the site: mostly a recent one, sometimes a new one."""
@@ -716,12 +1221,38 @@ class DemoTraffic:
             del lots[:-12]
         return self._rng.choice(lots[-6:])
 
+    def _inspection_plan(self, line: str) -> tuple[tuple[str, _Limits], ...]:
+        background = self._plant.background_line(line)
+        return (
+            _INSPECTION_PLANS[line]
+            if background is None
+            else _FAMILY_INSPECTIONS[background.family]
+        )
+
+    def _lab_tests(self, line: str) -> tuple[tuple[str, str, _Limits, str], ...]:
+        background = self._plant.background_line(line)
+        return _LAB_TESTS[line] if background is None else _FAMILY_LAB_TESTS[background.family]
+
+    def _serialised(self, line: str) -> bool:
+        """Whether units carry serial numbers: electromechanical devices do."""
+        background = self._plant.background_line(line)
+        if background is None:
+            return line == "infusion-pumps"
+        return background.family == "electromechanical"
+
+    def _recall_letter(self, line: str) -> str:
+        background = self._plant.background_line(line)
+        if background is None:
+            return "D" if line == "sterile-injectables" else "Z"
+        return _RECALL_LETTERS[background.regulated_as]
+
     def _employee(self, site: str) -> Employee:
         return self._rng.choice([e for e in self._plant.employees if e.site == site])
 
     def _equipment(self, line: str, site: str) -> Equipment:
-        matches = [e for e in self._plant.equipment if e.site == site and e.product_line == line]
-        return self._rng.choice(matches or [e for e in self._plant.equipment if e.site == site])
+        equipment = self._plant.every_equipment
+        matches = [e for e in equipment if e.site == site and e.product_line == line]
+        return self._rng.choice(matches or [e for e in equipment if e.site == site])
 
     def _number(self, topic: str) -> str:
         prefix, _ = _NUMBER_PREFIXES[topic]
@@ -851,7 +1382,7 @@ class DemoTraffic:
         quantity = self._rng.choice((1, 2, 5, 12, 40, 150, 1200))
         serials = (
             [f"SN{self._rng.randint(100000, 999999)}" for _ in range(self._rng.randint(1, 3))]
-            if line == "infusion-pumps" and self._rng.random() < 0.5
+            if self._serialised(line) and self._rng.random() < 0.5
             else []
         )
         severity = self._rng.choices(("minor", "major", "critical"), weights=(65, 30, 5))[0]
@@ -959,7 +1490,7 @@ class DemoTraffic:
         part = self._part(line)
         related = [n for n, l_, s in self._recent_ncrs if l_ == line and s == site]
         related_ncr = related[-1] if related else None
-        supplier = next(s for s in self._plant.suppliers if s.supplier_id == part.supplier_id)
+        supplier = next(s for s in self._plant.every_supplier if s.supplier_id == part.supplier_id)
         common = {
             "product_line": line,
             "site": site,
@@ -1001,7 +1532,7 @@ class DemoTraffic:
         topic = "mes.inspection-result.v1"
         line, site = self._line_and_site()
         part = self._part(line)
-        characteristic, limits = self._rng.choice(_INSPECTION_PLANS[line])
+        characteristic, limits = self._rng.choice(self._inspection_plan(line))
         sample_size = self._rng.choice((13, 20, 32, 50, 80, 125))  # ANSI Z1.4 sample sizes
         # the two sites run different MES builds: BOS1 writes words, CORK2 single letters
         accept, reject = ("accept", "reject") if site == "BOS1" else ("A", "R")
@@ -1046,7 +1577,7 @@ class DemoTraffic:
     def _lab_result(self) -> DemoRecord:
         topic = "lims.lab-result.v1"
         line, site = self._line_and_site()
-        test_code, analyte, limits, method = self._rng.choice(_LAB_TESTS[line])
+        test_code, analyte, limits, method = self._rng.choice(self._lab_tests(line))
         self._counters.setdefault(topic, 0)
         self._counters[topic] += 1
         value: Decimal | None = None
@@ -1108,7 +1639,7 @@ class DemoTraffic:
 
     def _environmental_reading(self) -> DemoRecord:
         topic = "ems.environmental-reading.v1"
-        point = self._rng.choice(self._plant.points)
+        point = self._rng.choice(self._plant.every_point)
         parameter = self._rng.choice(point.parameters)
         grade = point.cleanroom_grade
         alert: float | None
@@ -1192,7 +1723,7 @@ class DemoTraffic:
 
     def _calibration_event(self) -> DemoRecord:
         topic = "cmms.calibration-event.v1"
-        equipment = self._rng.choice(self._plant.equipment)
+        equipment = self._rng.choice(self._plant.every_equipment)
         result = self._rng.choices(("pass", "adjusted", "fail"), weights=(85, 11, 4))[0]
         self._counters.setdefault(topic, 0)
         self._counters[topic] += 1
@@ -1233,8 +1764,7 @@ class DemoTraffic:
         lots = sorted(set(self._lots.get((line, site), [])) or {self._lot(line, site)})
         chosen = lots[-self._rng.randint(1, min(3, len(lots))) :]
         ranged = len(chosen) > 1 and self._rng.random() < 0.5
-        # FDA numbers device recalls Z-nnnn-yyyy and drug recalls D-nnnn-yyyy
-        letter = "D" if line == "sterile-injectables" else "Z"
+        letter = self._recall_letter(line)
         common = {
             "product_line": line,
             "site": site,

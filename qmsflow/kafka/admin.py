@@ -1,8 +1,9 @@
-"""Topic administration: create the declared topics, describe them, read their offsets."""
+"""Topic administration: create the declared topics, describe them, read offsets and keys."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -192,3 +193,128 @@ def describe_topics(settings: Settings, catalog: TopicCatalog) -> list[TopicStat
         )
         for spec, name in zip(catalog.topics, names, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """The keys of the records read from the tail of one partition, beside its watermarks."""
+
+    partition: int
+    low: int
+    high: int
+    keys: Counter[str | None]  # key (None: a record without one) → records read with it
+
+    @property
+    def records(self) -> int:
+        """Records on the partition: offsets between the watermarks (markers count too)."""
+        return self.high - self.low
+
+
+# How many records one consume() call returns at most, and how often a long read reports.
+_BATCH = 500
+_PROGRESS_EVERY = 50_000
+
+
+def partition_counts(
+    settings: Settings, topics: Iterable[str], timeout: float = _TIMEOUT
+) -> dict[str, int]:
+    """Partitions per topic on the broker; a topic that does not exist is left out."""
+    existing = admin_client(settings).list_topics(timeout=timeout).topics
+    return {name: len(existing[name].partitions) for name in topics if name in existing}
+
+
+def read_partition_keys(
+    settings: Settings,
+    topic: str,
+    last: int | None,
+    progress: Callable[[str], None] = print,
+    timeout: float = _TIMEOUT,
+) -> list[PartitionKeys]:
+    """Count the keys of the last `last` records of every partition (None: every record).
+
+    One consumer is assigned every partition (no group membership, nothing committed) and
+    reads each from `high - last` to the end it had when the read began. A partition can end
+    before that offset: transaction markers and compacted-away records take offsets but are
+    never delivered, so its end-of-partition event ends it too. Raises ConfigurationError when
+    the topic does not exist, KafkaException when the broker is silent for `timeout` seconds.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.topic_prefix}qmsflow-spread",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # the tail start was deleted by retention meanwhile
+            "log_level": 2,  # not each failed connection: the error raised sums them up
+            **librdkafka_security(settings),
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise ConfigurationError(
+                f"topic {topic} does not exist on {settings.bootstrap_servers} (create the "
+                "declared topics with `qmsflow topics create`; is QMSFLOW_TOPIC_PREFIX right?)"
+            )
+        read: dict[int, PartitionKeys] = {}
+        starts: list[TopicPartition] = []
+        for partition in sorted(metadata.partitions):
+            low, high = _watermarks(consumer, TopicPartition(topic, partition))
+            read[partition] = PartitionKeys(partition, low, high, Counter())
+            start = low if last is None else max(low, high - last)
+            if start < high:
+                starts.append(TopicPartition(topic, partition, start))
+        _read_keys(consumer, starts, read, progress, timeout)
+        return [read[p] for p in sorted(read)]
+    finally:
+        consumer.close()
+
+
+def _read_keys(
+    consumer: Consumer,
+    starts: list[TopicPartition],
+    read: dict[int, PartitionKeys],
+    progress: Callable[[str], None],
+    timeout: float,
+) -> None:
+    """Count keys into `read` from each start up to its partition's high watermark."""
+    pending = {tp.partition: read[tp.partition].high - tp.offset for tp in starts}
+    if not pending:
+        return
+    wanted = sum(pending.values())
+    consumer.assign(starts)
+    done = 0
+    idle_since = time.monotonic()
+    while pending:
+        messages = consumer.consume(_BATCH, timeout=0.2)
+        if messages:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > timeout:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"no records for {timeout:g} s from partitions {sorted(pending)} of "
+                    f"{starts[0].topic}, {done:,} of {wanted:,} read",
+                )
+            )
+        for message in messages:
+            partition = message.partition()
+            if partition is None or partition not in pending:
+                continue
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+            if error is None:
+                key = message.key()
+                read[partition].keys[None if key is None else key.decode("utf-8", "replace")] += 1
+                done += 1
+                if done % _PROGRESS_EVERY == 0:
+                    progress(f"  {done:,} of {wanted:,} records read")
+            if error is not None or (message.offset() or 0) >= read[partition].high - 1:
+                del pending[partition]
+                keys = read[partition].keys
+                progress(
+                    f"  partition {partition}: {sum(keys.values()):,} of "
+                    f"{read[partition].records:,} records read"
+                )
+    consumer.unassign()

@@ -70,12 +70,12 @@ class TestCoverage:
         assert unknown == set()
 
     def test_plant_entities_are_all_present(self) -> None:
-        """Every supplier, part and piece of equipment of the plant has one record."""
+        """Every supplier, part and piece of equipment of every line has one record."""
         counts = Counter(topic for topic, _, _ in plant_master_records(START))
         assert counts == {
-            "md.supplier.v1": len(PLANT.suppliers),
-            "md.part.v1": len(PLANT.parts),
-            "md.equipment.v1": len(PLANT.equipment),
+            "md.supplier.v1": len(PLANT.every_supplier),
+            "md.part.v1": len(PLANT.every_part),
+            "md.equipment.v1": len(PLANT.every_equipment),
         }
 
 
