@@ -6,6 +6,8 @@ librdkafka's default is CRC32 (`consistent_random`); confluent-kafka producers m
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _SEED = 0x9747B28C  # the seed Kafka's Utils.murmur2 uses
 _M = 0x5BD1E995
 _R = 24
@@ -38,6 +40,7 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+@lru_cache(maxsize=4096)  # keys are product lines: a few dozen, hashed in Python per record
 def partition_for(key: str | bytes, partitions: int) -> int:
     """The partition Java's producer picks for a keyed record: toPositive(murmur2(key)) % n."""
     if partitions < 1:

@@ -312,6 +312,18 @@ class Settings(BaseSettings):
         """The physical name of a declared topic in this environment."""
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def worker_group(self) -> str:
+        """The Faust worker's group: correlation, golden records, ticks; all of it under faust."""
+        return f"{self.topic_prefix}{self.app_id}"
+
+    @property
+    def ingest_group(self) -> str:
+        """The consumer group whose committed offsets say how far the ingest topics are read."""
+        if self.worker_runtime == "batch":
+            return f"{self.worker_group}-product-lines"
+        return self.worker_group
+
 
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:

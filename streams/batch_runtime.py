@@ -74,8 +74,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between polls of an empty consumer queue: the latency a quiet partition pays
 IDLE_SECONDS = 0.005
-#: seconds between checks of outstanding delivery reports
-_DELIVERY_POLL_SECONDS = 0.001
+#: seconds one flush waits before the loop checks again (librdkafka's own delivery timeout
+#: bounds the whole wait: a report, success or failure, comes for every record)
+_FLUSH_WAIT_SECONDS = 1.0
 #: delivery errors that are about the record itself (its size), not the cluster
 _RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
 #: delivery errors a retry may cure although librdkafka does not mark them retriable
@@ -143,11 +144,15 @@ class Deliveries:
         self.sent += 1
 
     async def settled(self) -> None:
-        """Wait until every queued record is reported; raise for the first failure."""
+        """Wait until every queued record is reported; raise for the first failure.
+
+        The wait is librdkafka's flush in a worker thread (the reports are served there), not
+        a poll loop on the event loop: polling every millisecond cost a loop turn each time.
+        """
+        self._producer.poll(0)
+        loop = asyncio.get_running_loop()
         while self.reported < self.sent:
-            self._producer.poll(0)
-            if self.reported < self.sent:
-                await asyncio.sleep(_DELIVERY_POLL_SECONDS)
+            await loop.run_in_executor(None, self._producer.flush, _FLUSH_WAIT_SECONDS)
         if self.error is not None:
             raise delivery_failure(self.error)
 
@@ -214,7 +219,7 @@ class BatchRuntime:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
-                "group.id": settings.topic(f"{settings.app_id}-product-lines"),
+                "group.id": settings.ingest_group,
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

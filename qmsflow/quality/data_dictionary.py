@@ -22,6 +22,7 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 _Term = TypeVar("_Term", bound=str)
 
 
+@lru_cache(maxsize=4096)  # source vocabularies are small; normalise looks words up per event
 def term_key(word: str) -> str:
     """The lookup form of a source word: casefolded, spaces and hyphens as underscores."""
     return _SEPARATORS.sub("_", word.strip().casefold())

@@ -245,20 +245,25 @@ def _dead_letters(dsn: str, dlq_topic: str) -> int:
 
 
 def reset_worker_group(settings: Settings) -> int:
-    """Move the (stopped) worker group's committed offsets back to 0; returns partitions moved."""
+    """Move the (stopped) worker groups' committed offsets back to 0; returns partitions moved."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    group = f"{settings.topic_prefix}{settings.app_id}"
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
-    committed = listed[group].result().topic_partitions
-    ours = [tp for tp in committed if tp.offset > 0 and tp.topic.startswith(settings.topic_prefix)]
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(tp.topic, tp.partition, 0) for tp in ours]
-    )
-    admin.alter_consumer_group_offsets([request])[group].result()
-    return len(ours)
+    moved = 0
+    for group in sorted({settings.worker_group, settings.ingest_group}):
+        listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
+        committed = listed[group].result().topic_partitions
+        prefix = settings.topic_prefix
+        ours = [tp for tp in committed if tp.offset > 0 and tp.topic.startswith(prefix)]
+        if not ours:
+            continue
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(tp.topic, tp.partition, 0) for tp in ours]
+        )
+        admin.alter_consumer_group_offsets([request])[group].result()
+        moved += len(ours)
+    return moved
 
 
 def reset_sink_offsets(settings: Settings) -> int:

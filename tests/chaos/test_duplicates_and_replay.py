@@ -167,7 +167,7 @@ def _ingest_topics(settings: Settings) -> list[str]:
 
 def _worker_position(settings: Settings) -> int:
     """Sum of the worker group's committed offsets on the ingest topics."""
-    group = f"{settings.topic_prefix}{settings.app_id}"
+    group = settings.ingest_group
     ingest = set(_ingest_topics(settings))
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from connectors.postgres_sink.migrations import migrate
-from qmsflow.kafka.admin import create_topics
+from qmsflow.kafka.admin import consumed_offsets, create_topics, end_offsets
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
 
@@ -136,3 +136,30 @@ def count_rows(dsn: str, table: str, kafka_topic: str) -> int:
             f"SELECT count(*) FROM {table} WHERE kafka_topic = %s", (kafka_topic,)
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def worker_read_everything(settings: Settings) -> bool:
+    """Whether the worker's groups have committed past every record of the stateful topics.
+
+    Under the `batch` runtime the ingest topics are read by `settings.ingest_group` and nobody in
+    the worker reads `quality.events.v1`; the Faust group reads the internal topics (ticks
+    excepted: a tick belongs to its partition, not to a position).
+    """
+    catalog = load_catalog()
+    by_group: dict[str, list[str]] = {
+        settings.ingest_group: [settings.topic(t.name) for t in catalog.by_role("ingest")]
+    }
+    stateful = [t for t in catalog.topics if t.role in ("canonical", "internal")]
+    faust_topics = [
+        settings.topic(t.name)
+        for t in stateful
+        if t.name != "quality.ticks.v1"
+        and not (settings.worker_runtime == "batch" and t.role == "canonical")
+    ]
+    by_group.setdefault(settings.worker_group, []).extend(faust_topics)
+    for group, topics in by_group.items():
+        ends = end_offsets(settings, topics)
+        done = consumed_offsets(settings, group, topics)
+        if not all(done.get(topic, 0) >= n for topic, n in ends.items()):
+            return False
+    return True

@@ -108,7 +108,7 @@ class TestBatchRuntime:
         settings = batch.settings
         canonical = settings.topic("quality.events.v1")
         commands = settings.topic("inventory.quarantine-commands.v1")
-        batch_group = settings.topic(f"{settings.app_id}-product-lines")
+        batch_group = settings.model_copy(update={"worker_runtime": "batch"}).ingest_group
         seed = zlib.crc32(settings.topic_prefix.encode())
 
         # 1. the Faust runtime publishes the first lot of events and writes their dedup marks

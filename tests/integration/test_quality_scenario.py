@@ -18,8 +18,13 @@ from qmsflow.demo.traffic import DemoRecord
 from qmsflow.kafka.admin import consumed_offsets, end_offsets
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
-from qmsflow.topics import load_catalog
-from tests.integration.pipeline import PipelineProcesses, environment, prepared_settings, wait_for
+from tests.integration.pipeline import (
+    PipelineProcesses,
+    environment,
+    prepared_settings,
+    wait_for,
+    worker_read_everything,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -226,16 +231,10 @@ class TestBadSupplierLot:
         (tmp_path / "replay").mkdir()
         replay.start_worker()
         try:
-            watched = [
-                settings.topic(t.name)
-                for t in load_catalog().topics
-                if t.role in ("ingest", "canonical", "internal") and t.name != "quality.ticks.v1"
-            ]
+            replayed = settings.model_copy(update={"app_id": "qmsflow-replay"})
 
             def replay_caught_up() -> bool:
-                ends = end_offsets(settings, watched)
-                done = consumed_offsets(settings, settings.topic("qmsflow-replay"), watched)
-                return all(done.get(t, 0) >= n for t, n in ends.items())
+                return worker_read_everything(replayed)
 
             wait_for(
                 replay_caught_up,
