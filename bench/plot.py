@@ -27,6 +27,7 @@ _SHORT = {
     "e2e": "qmsflow\nend-to-end",
     "e2e_batch": "qmsflow e2e\nbatch runtime",
     "naive_faust": "(b) naive\nFaust",
+    "quix_peer": "Quix Streams\npeer",
     "passthrough": "(a) Kafka\npassthrough",
     "sink_alone": "qmsflow\nsink alone",
     "copy": "(c) raw\nCOPY",
@@ -36,10 +37,10 @@ _SHORT = {
     "copy_golden_record": "(c) COPY\ngolden",
 }
 _BASELINES = frozenset(
-    {"naive_faust", "passthrough", "copy", "copy_incident", "copy_golden_record"}
+    {"naive_faust", "quix_peer", "passthrough", "copy", "copy_incident", "copy_golden_record"}
 )
 _GROUPS = (
-    ("events/s through Kafka", ("e2e", "e2e_batch", "naive_faust", "passthrough")),
+    ("events/s through Kafka", ("e2e", "e2e_batch", "naive_faust", "quix_peer", "passthrough")),
     (
         "rows/s into Postgres",
         (
@@ -59,6 +60,7 @@ _CPU_BARS: tuple[tuple[Measurement, str, str], ...] = (
     ("e2e", "worker", "worker\n(e2e)"),
     ("e2e_batch", "worker", "worker\n(batch)"),
     ("naive_faust", "naive_faust", "(b) naive\nFaust"),
+    ("quix_peer", "quix_peer", "Quix\npeer"),
     ("e2e", "sink", "sink\n(e2e)"),
     ("e2e_batch", "sink", "sink\n(batch)"),
 )
@@ -133,7 +135,7 @@ def _plot_cpu(ax: Any, runs: list[Run]) -> None:
     xs = range(len(shown))
     steady = [cpu[m][p].steady_us_per_event or 0.0 for m, p, _ in shown]
     total = [cpu[m][p].total_us_per_event or 0.0 for m, p, _ in shown]
-    colors = ["#aaaaaa" if m == "naive_faust" else "#1f77b4" for m, _, _ in shown]
+    colors = ["#aaaaaa" if m in _BASELINES else "#1f77b4" for m, _, _ in shown]
     bars = ax.bar([x - 0.2 for x in xs], steady, 0.4, color=colors, label="after the first output")
     ax.bar([x + 0.2 for x in xs], total, 0.4, color=colors, alpha=0.4, label="from process start")
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in steady], padding=2, fontsize=8)
@@ -164,33 +166,20 @@ def plot_more(document: Mapping[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     latency = document.get("latency")
     if latency:
-        ax = axes[0]
-        series = (
-            ("producer_to_row", "→ Postgres row", "#1f77b4"),
-            ("producer_to_quarantine_command", "→ quarantine command", "#ff7f0e"),
-            ("baseline_producer_to_plain_consumer", "baseline: → plain consumer", "#aaaaaa"),
-        )
-        rates = [e["offered_per_second"] for e in latency["rates"]]
-        width = 0.27
-        for n, (key, label, color) in enumerate(series):
-            p50 = [(e[key] or {}).get("p50_ms", 0) for e in latency["rates"]]
-            p99 = [(e[key] or {}).get("p99_ms", 0) for e in latency["rates"]]
-            xs = [x + (n - 1) * width for x in range(len(rates))]
-            ax.bar(xs, p99, width, color=color, alpha=0.45)
-            ax.bar(xs, p50, width, color=color, label=f"{label} (p50 solid, p99 light)")
-        ax.axhline(latency["target"]["p99_ms"], color="red", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(rates)), [f"{r:,}/s" for r in rates], fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("ms from the producer's timestamp", fontsize=8)
-        ax.set_title("latency at fixed offered rates (red: p99 target)", fontsize=10)
-        ax.legend(fontsize=7)
+        _plot_latency(axes[0], latency)
     scale = [r for r in document.get("scale") or [] if "per_second" in r]
     if scale:
         ax = axes[1]
-        labels = [f"{r['workers']}w\n{r['partitions']}p" for r in scale]
-        bars = ax.bar(range(len(scale)), [r["per_second"] for r in scale], color="#1f77b4")
-        ax.bar_label(bars, labels=[f"{r['per_second']:,.0f}" for r in scale], fontsize=8)
-        ax.set_xticks(range(len(scale)), labels, fontsize=8)
+        runtimes = list(dict.fromkeys(r.get("runtime", "faust") for r in scale))
+        labels = [
+            f"{r['workers']}w {r['partitions']}p"
+            + (f"\n{r.get('runtime', 'faust')}" if len(runtimes) > 1 else "")
+            for r in scale
+        ]
+        colors = [_RUNTIME_COLORS.get(r.get("runtime", "faust"), "#1f77b4") for r in scale]
+        bars = ax.bar(range(len(scale)), [r["per_second"] for r in scale], color=colors)
+        ax.bar_label(bars, labels=[f"{r['per_second']:,.0f}" for r in scale], fontsize=7)
+        ax.set_xticks(range(len(scale)), labels, fontsize=7)
         ax.set_title("end-to-end events/s by workers (w) and partitions (p)", fontsize=10)
     state = [r for r in document.get("state") or [] if "error" not in r]
     if state:
@@ -215,6 +204,67 @@ def plot_more(document: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: one colour per worker runtime in the latency and scale panels
+_RUNTIME_COLORS = {"faust": "#1f77b4", "batch": "#2ca02c"}
+
+
+def _plot_latency(ax: Any, latency: Mapping[str, Any]) -> None:
+    """p50 (solid) and p99 (light) producer → row per runtime and rate; the baseline in grey."""
+    results = latency.get("runtimes", {"faust": latency})  # older files: the faust run only
+    series = [
+        (f"{runtime} → Postgres row", result["rates"], "producer_to_row", color)
+        for runtime, result in results.items()
+        if "rates" in result
+        for color in (_RUNTIME_COLORS.get(runtime, "#ff7f0e"),)
+    ]
+    if not series:
+        return
+    first = series[0][1]
+    series.append(
+        ("baseline: → plain consumer", first, "baseline_producer_to_plain_consumer", "#aaaaaa")
+    )
+    rates = [e["offered_per_second"] for e in first]
+    width = 0.8 / len(series)
+    for n, (label, entries, key, color) in enumerate(series):
+        by_rate = {e["offered_per_second"]: e for e in entries}
+        p50 = [((by_rate.get(r) or {}).get(key) or {}).get("p50_ms", 0) for r in rates]
+        p99 = [((by_rate.get(r) or {}).get(key) or {}).get("p99_ms", 0) for r in rates]
+        xs = [x + (n - (len(series) - 1) / 2) * width for x in range(len(rates))]
+        ax.bar(xs, p99, width, color=color, alpha=0.45)
+        ax.bar(xs, p50, width, color=color, label=f"{label} (p50 solid, p99 light)")
+    target = latency["target"]
+    ax.axhline(
+        target["p99_ms"],
+        color="red",
+        linestyle="--",
+        linewidth=1,
+        label=f"target p99 ≤ {target['p99_ms']:,.0f} ms at {target['rate']:,}/s",
+    )
+    for n, (runtime, result) in enumerate(results.items()):
+        entry = next(
+            (e for e in result.get("rates", ()) if e["offered_per_second"] == target["rate"]),
+            None,
+        )
+        if entry is None or entry.get("producer_to_row") is None or target["rate"] not in rates:
+            continue
+        lag = (entry.get("worker_lag") or {}).get("bounded")
+        met = entry["producer_to_row"]["p99_ms"] <= target["p99_ms"] and lag is not False
+        ax.annotate(
+            f"{runtime}: {'met' if met else 'missed'}",
+            xy=(rates.index(target["rate"]), target["p99_ms"]),
+            xytext=(0, 4 + 10 * n),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+            color="green" if met else "red",
+        )
+    ax.set_xticks(range(len(rates)), [f"{r:,}/s" for r in rates], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms from the producer's timestamp", fontsize=8)
+    ax.set_title("latency at fixed offered rates, per worker runtime", fontsize=10)
+    ax.legend(fontsize=6)
 
 
 def plot_soak(document: Mapping[str, Any], path: Path) -> None:

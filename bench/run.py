@@ -4,6 +4,10 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
   1. produce N demo-mix events (5% duplicates) as fast as the broker takes them;
   2. (a) confluent-kafka consume → produce passthrough of the ingest records;
   3. (b) the naive Faust agent (bench.naive_faust) as its own process;
+     the Quix Streams peer (bench.quix_peer, issue 16 point 7): the same decode and dedup by
+     event_id in Quix's RocksDB state (with its changelog), in its own venv (.venv-quix,
+     bench.quix_venv: created once, reused), until its output topic holds every unique event;
+     skipped, with a note, when the venv cannot be made;
   4. qmsflow end-to-end: the real `qmsflow worker` and `qmsflow sink` processes, from their start
      until the sink's committed offsets cover the whole canonical topic (offsets are committed in
      the same transaction as the rows, so that is the moment the last row is in Postgres);
@@ -20,7 +24,7 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
      rows it stored (bench.sink_tables).
 Each step runs alone, so the two cores are not shared between measurements. Rates are unique
 events (rows) per second of wall time to carry the whole input, duplicates included. For the
-steps that run processes (naive Faust, both end-to-end steps) the CPU of each process
+steps that run processes (naive Faust, the Quix peer, both end-to-end steps) the CPU of each process
 (bench.process_cpu) is read at the first output and at the last, and reported as µs per unique
 event after the first output and from the process's start.
 Then, once each: latency at fixed offered rates (bench.latency), throughput by workers and
@@ -31,8 +35,8 @@ Environment: BENCH_EVENTS (20000), BENCH_REPEATS (3), BENCH_TIMEOUT (s per step,
 BENCH_LATENCY_RATES (`500:20,2000:10,10000:3`), BENCH_SCALE (`workers:partitions,…`),
 BENCH_SCALE_EVENTS (6000), BENCH_SCALE_TIMEOUT (s per configuration, 90: a stalled
 configuration is recorded as incomplete instead of eating the run's 20 minutes),
-BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,state,batch`: steps to leave
-out).
+BENCH_STATE_KEYS (`1000000,10000000`), BENCH_SKIP (`latency,scale,state,batch,quix`: steps to
+leave out; `batch` leaves the batch worker runtime out of every step: e2e_batch, latency, scale).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,7 @@ from confluent_kafka.cimpl import NewTopic
 from bench.machine import machine, versions
 from bench.plot import plot, plot_more
 from bench.process_cpu import CpuWatch
+from bench.quix_venv import quix_python
 from bench.results_model import (
     RUNTIMES,
     Measurement,
@@ -72,11 +78,13 @@ from bench.results_model import (
     format_table,
     medians,
     result_document,
+    steady_medians,
 )
 from bench.sink_tables import GROUPS, read_topic, settle_correlation, sink_table
 from connectors.postgres_sink.migrations import migrate
 from connectors.postgres_sink.rows import QUALITY_EVENT_COLUMNS, quality_event_row
 from qmsflow.contracts import AvroCodec, open_registry
+from qmsflow.contracts.registry import read_lock, read_schema_files
 from qmsflow.demo.produce import produce_demo
 from qmsflow.kafka.admin import create_topics
 from qmsflow.quality.event import Coordinates
@@ -249,6 +257,96 @@ def naive_faust(
         _stop(process)
         count.close()
     return _run("naive_faust", rep, unique, sent, started, waited, watch)
+
+
+def writer_schemas(settings: Settings) -> dict[int, Any]:
+    """Every version of the ingest topics' value schemas by pinned id, as parsed JSON.
+
+    Empty when qmsflow reads an HTTP registry (SCHEMA_REGISTRY_URL): the peer asks it itself.
+    """
+    if settings.schema_registry_url:
+        return {}
+    subjects = {f"{spec.name}-value" for spec in load_catalog().by_role("ingest")}
+    ids = {(e.subject, e.version): e.schema_id for e in read_lock(settings.schemas_dir)}
+    return {
+        ids[f.key]: json.loads(f.text)
+        for f in read_schema_files(settings.schemas_dir)
+        if f.subject in subjects and f.key in ids
+    }
+
+
+def quix_peer(
+    settings: Settings,
+    python: Path,
+    unique: int,
+    rep: int,
+    timeout: float,
+    logs: Path,
+) -> Run:
+    """The Quix Streams peer in its own venv, until its output topic holds every unique event.
+
+    Its consumer group and state directory are the repetition's (prefix); afterwards the state
+    directory, the changelog topics Quix made (named after the group) and the group are removed.
+    """
+    out = settings.topic("bench.quix.v1")
+    group = settings.topic("bench-quix")
+    state_dir = Path(tempfile.mkdtemp(prefix=f"bench-quix-{settings.topic_prefix}"))
+    schemas = logs / "quix-schemas.json"
+    schemas.write_text(json.dumps({str(k): v for k, v in writer_schemas(settings).items()}))
+    ingest = [settings.topic(s.name) for s in load_catalog().by_role("ingest")]
+    command = [
+        str(python),
+        str(ROOT / "bench" / "quix_peer.py"),
+        *("--bootstrap", settings.bootstrap_servers, "--group", group),
+        *("--state-dir", str(state_dir), "--output", out, "--schemas", str(schemas)),
+        *(["--registry-url", settings.schema_registry_url] if settings.schema_registry_url else []),
+        *ingest,
+    ]
+    # the peer's venv only: qmsflow's path must not leak into it
+    child_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    count = TopicCount(settings, out)
+    with (logs / "quix_peer.log").open("ab") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command,
+            env=child_env,
+            cwd=state_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive() -> None:
+        if process.poll() is not None:
+            raise RuntimeError(f"Quix peer exited with {process.returncode}; see {logs}")
+
+    watch = CpuWatch({"quix_peer": process.pid})
+    try:
+        waited = _wait(count, unique, timeout, alive, watch.first)
+        watch.end(waited[2])
+        if waited[2] > unique:  # a duplicate let through: the figure would flatter the peer
+            print(f"  Quix peer: {waited[2]} records out for {unique} unique events", flush=True)
+    finally:
+        _stop(process)
+        count.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        _delete_quix_leftovers(settings, group)
+    return _run("quix_peer", rep, unique, unique, started, waited, watch)
+
+
+def _delete_quix_leftovers(settings: Settings, group: str) -> None:
+    """Quix's internal topics (`changelog__<group>--…`) and the peer's consumer group."""
+    # log_level 4: librdkafka's info lines on closing (purged background events) are noise here
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 4})
+    internal = (f"changelog__{group}--", f"repartition__{group}--")
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(internal)]
+    futures = dict(admin.delete_topics(names, operation_timeout=30)) if names else {}
+    futures.update(admin.delete_consumer_groups([group], request_timeout=30))
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as error:  # a leftover must not lose the results
+            print(f"  could not delete {name}: {error}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -489,7 +587,11 @@ def sink_alone(
 def _create_bench_topics(settings: Settings) -> None:
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     partitions = load_catalog()["quality.events.v1"].partitions
-    names = [settings.topic("bench.passthrough.v1"), settings.topic("bench.naive.v1")]
+    names = [
+        settings.topic("bench.passthrough.v1"),
+        settings.topic("bench.naive.v1"),
+        settings.topic("bench.quix.v1"),
+    ]
     for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
         future.result()
 
@@ -514,9 +616,17 @@ def _print_run(name: str, run: Run, timeout: float) -> None:
 
 
 def repetition(
-    base: Settings, rep: int, events: int, timeout: float, skip: Sequence[str] = ()
+    base: Settings,
+    rep: int,
+    events: int,
+    timeout: float,
+    skip: Sequence[str] = (),
+    quix: Path | str = "skipped: BENCH_SKIP=quix",
 ) -> tuple[list[Run], dict[str, Any]]:
-    """One repetition of every measurement on a fresh prefix; its topics deleted afterwards."""
+    """One repetition of every measurement on a fresh prefix; its topics deleted afterwards.
+
+    `quix` is the Quix peer venv's python, or why the peer is not measured.
+    """
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     settings = base.model_copy(update={"topic_prefix": prefix})
     logs = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}"))
@@ -549,6 +659,12 @@ def repetition(
             ("COPY", lambda: copy_baseline(settings, unique, rep)),
             ("sink alone", lambda: sink_alone(settings, env, unique, rep, timeout, logs)),
         ]
+        if isinstance(quix, Path):
+            python = quix
+            peer = ("Quix peer", lambda: quix_peer(settings, python, unique, rep, timeout, logs))
+            steps.insert(2, peer)  # beside the other Kafka-side baselines
+        else:
+            print(f"  Quix peer    {quix}", flush=True)
         for name, step in steps:
             run = step()
             runs.append(run)
@@ -578,6 +694,7 @@ def repetition(
             "produce_seconds": produced,
             "upserted_tables": tables,
             "e2e_batch": batch_note,
+            "quix_peer": "measured" if isinstance(quix, Path) else quix,
         }
         return runs, info
     finally:
@@ -590,14 +707,27 @@ def repetition(
 def main() -> None:
     """Run every repetition and the single steps, then write the JSON and plots, print tables."""
     # imported here: they reuse this module's helpers, so a top-level import would be circular
-    from bench.latency import format_latency, latency_check, measure_latency, rates_from_environment
-    from bench.scale import configurations_from_environment, format_scale, measure_scale
+    from bench.latency import (
+        format_latency,
+        latency_check,
+        measure_latency,
+        prefixes,
+        rates_from_environment,
+    )
+    from bench.scale import (
+        configurations_from_environment,
+        format_scale,
+        measure_scale,
+        scale_checks,
+    )
     from bench.state import KEY_COUNTS, format_state, measure_state, state_check
 
     events = int(os.environ.get("BENCH_EVENTS", "20000"))
     repeats = int(os.environ.get("BENCH_REPEATS", "3"))
     timeout = float(os.environ.get("BENCH_TIMEOUT", "300"))
     skip = set(os.environ.get("BENCH_SKIP", "").split(","))
+    # the worker runtimes the latency and scale steps run (BENCH_SKIP=batch: faust only)
+    runtimes = tuple(r for r in RUNTIMES.values() if r != "batch" or "batch" not in skip)
     base = Settings()
     migrate(base.dsn, echo=_quiet)
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
@@ -605,23 +735,27 @@ def main() -> None:
     wall = time.monotonic()
     runs: list[Run] = []
     repetitions = []
+    quix: Path | str = "skipped: BENCH_SKIP=quix"
+    if repeats and "quix" not in skip:
+        quix = quix_python()
     for rep in range(repeats):
         print(f"throughput repetition {rep + 1} of {repeats}", flush=True)
-        rep_runs, info = repetition(base, rep, events, timeout, sorted(skip))
+        rep_runs, info = repetition(base, rep, events, timeout, sorted(skip), quix)
         runs += rep_runs
         repetitions.append(info)
     extra: dict[str, Any] = {}
     logs = Path(tempfile.mkdtemp(prefix="bench-steps-"))
     if "latency" not in skip:
         print("latency at fixed offered rates (one worker, one sink)", flush=True)
-        extra["latency"] = measure_latency(base, logs, rates_from_environment())
-        _delete_topics(base.model_copy(update={"topic_prefix": extra["latency"]["prefix"]}))
+        extra["latency"] = measure_latency(base, logs, rates_from_environment(), runtimes)
+        for prefix in prefixes(extra["latency"]):
+            _delete_topics(base.model_copy(update={"topic_prefix": prefix}))
     if "scale" not in skip:
         print("scale: workers × partitions, then state recovery", flush=True)
         scale_events = int(os.environ.get("BENCH_SCALE_EVENTS", "6000"))
         scale_timeout = float(os.environ.get("BENCH_SCALE_TIMEOUT", "90"))
         extra["scale"] = measure_scale(
-            base, scale_events, scale_timeout, logs, configurations_from_environment()
+            base, scale_events, scale_timeout, logs, configurations_from_environment(), runtimes
         )
     if "state" not in skip:
         print("dedup state at scale", flush=True)
@@ -654,6 +788,14 @@ def main() -> None:
             " them (the worker's counted on its output, the canonical topic; the sink's by its"
             " committed offsets); total_us_per_event: CPU from the process's start per unique"
             " event; threads: the end reading split by live thread name",
+            "quix_peer: bench.quix_peer, quixstreams 3.28.1 in .venv-quix: decode each ingest"
+            " record, dedup by event_id in RocksDB state with its changelog (Quix's defaults:"
+            " at-least-once, commit every 5 s), original bytes to <prefix>bench.quix.v1; from"
+            " process start (Quix's start-up and topic checks included) until that topic holds"
+            " every unique event; no Postgres; its start-up opens a RocksDB store per source"
+            " partition (10 topics × 6 here), which dominates short runs: the ratio is also"
+            " judged after the first output; whether it ran is in"
+            " parameters.repetitions[].quix_peer",
             "COPY: one COPY of the canonical rows into a table LIKE qms.quality_event",
             "upserted tables (sink_incident, sink_golden_record): rows stored per second from"
             " the first record copied to a joined sink until its offsets cover them (start-up"
@@ -663,6 +805,8 @@ def main() -> None:
         ],
     )
     document.update(extra)
+    if "scale" in extra:
+        document["scale_targets"] = [asdict(check) for check in scale_checks(extra["scale"])]
     document["load_average"] = {"before": load_before, "after": os.getloadavg()}
     document["bench_seconds"] = time.monotonic() - wall
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -694,10 +838,13 @@ def main() -> None:
         print(format_state(extra["state"]))
     print(f"\nload average before {load_before}, after {os.getloadavg()}")
     print(f"bench took {document['bench_seconds'] / 60:.1f} min\n")
-    for check in check_targets(medians(runs), cpu):
+    for check in check_targets(medians(runs), cpu, steady_medians(runs)):
         print(check.sentence())
     if "latency" in extra:
         print(latency_check(extra["latency"]))
+    if "scale" in extra:
+        for check in scale_checks(extra["scale"]):
+            print(check.sentence())
     if "state" in extra:
         print(state_check(extra["state"]))
     print("worker RSS flat (±10%) over 10 minutes: see `make soak` (not part of make bench)")

@@ -137,6 +137,8 @@ class TestResultDocument:
             "sink ÷ raw COPY",
             "end-to-end events/s, faust runtime (issue 16)",
             "end-to-end ÷ naive Faust, faust runtime (issue 16)",
+            "end-to-end ÷ Quix Streams peer, faust runtime (issue 16)",
+            "end-to-end ÷ Quix Streams peer after the first output, faust runtime (issue 16)",
             "worker CPU µs/event after the first row, faust runtime (issue 16)",
         ]
         assert runs_from_document(loaded) == runs
