@@ -50,6 +50,9 @@ Operation = Literal["Read", "Write", "Describe", "Create", "DescribeConfigs", "A
 DEAD_LETTER_TOPIC = "quality.dlq.v1"
 #: the master-data reader's group is `<prefix>qmsflow-md-reader-<random>` (streams/master_data.py)
 MD_READER_GROUP = "qmsflow-md-reader-"
+#: the batch runtime's changelog restores read as `<prefix>qmsflow-restore-<random>`
+#: (streams/changelog_state.py), with `assign()` like the master-data reader
+RESTORE_GROUP = "qmsflow-restore-"
 
 _READ: tuple[Operation, ...] = ("Read", "Describe")
 _WRITE: tuple[Operation, ...] = ("Write", "Describe")
@@ -161,6 +164,9 @@ def plan_acls(settings: Settings, catalog: TopicCatalog) -> list[Acl]:
     add("worker", [*faust_topics, f"{app_id}-__assignor-__leader"], _OWN)
     add("worker", [app_id], ("Read",), resource="group")
     add("worker", [t(MD_READER_GROUP)], ("Read",), resource="group", pattern="prefixed")
+    if settings.ingest_group != app_id:  # the batch runtime commits under a group of its own
+        add("worker", [settings.ingest_group], ("Read",), resource="group")
+        add("worker", [t(RESTORE_GROUP)], ("Read",), resource="group", pattern="prefixed")
 
     # sink: every bound topic, dead letters of records it cannot map, its own group
     add("sink", (t(b.topic) for b in BINDINGS), _READ)

@@ -9,8 +9,9 @@ event loop, never blocking it for longer than a restore.
 
 The commit protocol, for every batch (all records the consumer has buffered, up to
 `stream_batch_max`, across the partitions this worker holds):
-  1. **process**: each record in the order read (a partition's records stay in offset order)
-     goes through the processor with the batch's `BatchTables`: reads see the batch's earlier
+  1. **process**: each record, a partition's records merged across its topics in timestamp
+     order (streams/merge_order.py; each topic-partition's offset order kept), goes through the
+     processor with the batch's `BatchTables`: reads see the batch's earlier
      writes; writes are staged, never applied; outputs are queued. Expired dedup marks are
      staged as tombstones (a few per mark written).
   2. **deliver**: the outputs are produced in order (one producer keeps a partition's order) and
@@ -59,6 +60,7 @@ from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT, RawMessage
 from qmsflow.settings import Settings
 from streams.changelog_state import BatchTables, ChangelogRecord, ChangelogState
+from streams.merge_order import TimestampMerge
 from streams.outbox import CONTENT_TYPE
 from streams.processing import (
     FailureKind,
@@ -74,6 +76,11 @@ log = logging.getLogger(__name__)
 
 #: seconds between polls of an empty consumer queue: the latency a quiet partition pays
 IDLE_SECONDS = 0.005
+#: seconds a partition's records wait for an input that is behind and has nothing fetched
+#: (streams/merge_order.py); Kafka Streams' max.task.idle.ms
+MAX_IDLE_SECONDS = 0.5
+#: records buffered for ordering beyond which they are released without waiting
+MAX_BUFFERED = 50_000
 #: seconds one flush waits before the loop checks again (librdkafka's own delivery timeout
 #: bounds the whole wait: a report, success or failure, comes for every record)
 _FLUSH_WAIT_SECONDS = 1.0
@@ -228,12 +235,15 @@ class BatchRuntime:
             }
         )
         self._next_tick = time.monotonic() + settings.tick_interval
+        self._merge = TimestampMerge(max_idle=MAX_IDLE_SECONDS, max_buffered=MAX_BUFFERED)
+        self._assigned: set[tuple[str, int]] = set()
 
     # ---- assignment ---------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         held = {tp.partition for tp in partitions}
         log.info("assigned partitions %s of %d topics", sorted(held), len(self._topics))
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._state.hold(held)
         self._processor.quality.forget()  # its indexes are rebuilt from the held tables
 
@@ -242,9 +252,13 @@ class BatchRuntime:
         # stay until the next assignment tells which partitions remain ours (a lost assignment
         # calls `_on_lost` instead).
         log.info("partitions revoked: %s", sorted({tp.partition for tp in partitions}))
+        self._merge.clear()  # not processed, not committed: read again by their next owner
+        self._assigned = set()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("assignment lost (session expired): dropping every table")
+        self._merge.clear()
+        self._assigned = set()
         self._state.drop(set(self._state.held))
         self._processor.quality.forget()
 
@@ -263,14 +277,29 @@ class BatchRuntime:
                 messages = self._consumer.consume(self._settings.stream_batch_max, 0)
                 if time.monotonic() >= self._next_tick:
                     await self._tick()
-                records = [m for m in messages if _readable(m)]
+                self._merge.add(_raw(m) for m in messages if _readable(m))
+                records = self._merge.release(
+                    self._assigned,
+                    self._lagging,
+                    self._settings.stream_batch_max,
+                    time.monotonic(),
+                )
                 if not records:
                     await asyncio.sleep(IDLE_SECONDS)
                     continue
-                await self._handle([_raw(m) for m in records])
+                await self._handle(records)
         finally:
             self._consumer.close()  # leaves the group: the partitions move at once
             self._producer.flush(30)
+
+    def _lagging(self, key: tuple[str, int]) -> bool:
+        """Whether the broker holds records of this topic-partition not fetched yet."""
+        tp = TopicPartition(*key)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        position = self._consumer.position([tp])[0].offset
+        if high < 0:  # nothing fetched yet: unknown, so possibly behind
+            return True
+        return position < 0 or position < high
 
     async def _handle(self, records: Sequence[RawMessage]) -> None:
         """Steps 1–4 for `records`, with the recovery of the module docstring."""

@@ -63,8 +63,9 @@ class ChangelogState:
     def __init__(self, settings: Settings, tables: Sequence[str]) -> None:
         self._settings = settings
         self.names = tuple(tables)
-        self.values: dict[str, dict[str, Any]] = {name: {} for name in self.names}
-        self._partition_of: dict[str, dict[str, int]] = {name: {} for name in self.names}
+        #: table → partition → key → value: a key lives in the partition that wrote it, and may
+        #: live in several (the scaling tool copies a mark to each partition it may belong to)
+        self.values: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in self.names}
         self.held: set[int] = set()
         self.watermarks: dict[int, int] = {}  # partition → newest recorded_at_us remembered
         self.expiry: dict[int, deque[tuple[int, str]]] = {}  # partition → (recorded_at_us, id)
@@ -73,13 +74,24 @@ class ChangelogState:
         """The changelog topic of `table`, named as Faust names it."""
         return f"{self._settings.topic_prefix}{self._settings.app_id}-{table}-changelog"
 
-    def get(self, table: str, key: str) -> Any:
-        """The stored value of `key`, or None."""
-        return self.values[table].get(key)
+    def get(self, table: str, key: str, partition: int | None = None) -> Any:
+        """The stored value of `key`: `partition`'s first, else any held partition's, or None.
+
+        Faust's store answers the same way (the current event's partition, then the others).
+        """
+        partitions = self.values[table]
+        if partition is not None:
+            rows = partitions.get(partition)
+            if rows is not None and key in rows:
+                return rows[key]
+        for rows in partitions.values():
+            if key in rows:
+                return rows[key]
+        return None
 
     def rows(self, table: str) -> Iterable[tuple[str, Any]]:
-        """Every stored row of `table`."""
-        return self.values[table].items()
+        """Every stored row of `table`, partition after partition."""
+        return (row for rows in self.values[table].values() for row in rows.items())
 
     def watermark(self, partition: int) -> int:
         """The dedup watermark of `partition` (µs since the epoch; 0 before its first mark)."""
@@ -96,13 +108,9 @@ class ChangelogState:
         """Forget the rows of `partitions` (revoked: another worker holds them now)."""
         if not partitions:
             return
-        for name in self.names:
-            owners = self._partition_of[name]
-            gone = [key for key, partition in owners.items() if partition in partitions]
-            for key in gone:
-                del owners[key]
-                self.values[name].pop(key, None)
         for partition in partitions:
+            for name in self.names:
+                self.values[name].pop(partition, None)
             self.watermarks.pop(partition, None)
             self.expiry.pop(partition, None)
         self.held -= partitions
@@ -145,7 +153,7 @@ class ChangelogState:
         if not ends:
             return 0
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        values, owners = self.values[name], self._partition_of[name]
+        tables = self.values[name]
         restored = 0
         while ends:
             for message in consumer.consume(10_000, _RESTORE_POLL_SECONDS):
@@ -156,12 +164,11 @@ class ChangelogState:
                     continue
                 key = orjson.loads(message.key() or b"null")
                 raw = message.value()
+                rows = tables.setdefault(partition, {})
                 if raw is None:
-                    values.pop(key, None)
-                    owners.pop(key, None)
+                    rows.pop(key, None)
                 else:
-                    values[key] = orjson.loads(raw)
-                    owners[key] = partition
+                    rows[key] = orjson.loads(raw)
                 restored += 1
                 if restored % _PROGRESS_EVERY == 0:
                     log.info("restoring %s: %d records", topic, restored)
@@ -173,12 +180,8 @@ class ChangelogState:
     def _rebuild_dedup_index(self, partition: int) -> None:
         if DEDUP_TABLE not in self.values:
             return
-        owners = self._partition_of[DEDUP_TABLE]
-        marks = sorted(
-            (SeenEvent(*stored).recorded_at_us, key)
-            for key, stored in self.values[DEDUP_TABLE].items()
-            if owners.get(key) == partition
-        )
+        rows = self.values[DEDUP_TABLE].get(partition, {})
+        marks = sorted((SeenEvent(*stored).recorded_at_us, key) for key, stored in rows.items())
         self.expiry[partition] = deque(marks)
         if marks:
             # a mark from a future recorded_at must not make the partition forget every id
@@ -193,7 +196,7 @@ class ChangelogState:
         """
         queue = self.expiry.get(partition)
         expired: list[str] = []
-        marks = self.values.get(DEDUP_TABLE, {})
+        marks = self.values.get(DEDUP_TABLE, {}).get(partition, {})
         while queue and len(expired) < budget and queue[0][0] < horizon_us:
             recorded_at_us, key = queue.popleft()
             stored = marks.get(key)
@@ -219,12 +222,11 @@ class ChangelogState:
         """Write a batch's staged writes into the tables (after their changelog records)."""
         limit = ceiling_us(now, self._settings.max_clock_skew)
         for (name, key), (partition, value) in writes.items():
+            rows = self.values[name].setdefault(partition, {})
             if value is None:
-                self.values[name].pop(key, None)
-                self._partition_of[name].pop(key, None)
+                rows.pop(key, None)
                 continue
-            self.values[name][key] = value
-            self._partition_of[name][key] = partition
+            rows[key] = value
             if name == DEDUP_TABLE:
                 seen = SeenEvent(*value)
                 self.expiry.setdefault(partition, deque()).append((seen.recorded_at_us, key))
@@ -247,7 +249,7 @@ class BatchTables:
     def get(self, table: str, key: str) -> Any:
         """The value as it will be once applied: staged if staged, else the table's."""
         staged = self.writes.get((table, key))
-        return self._state.get(table, key) if staged is None else staged[1]
+        return self._state.get(table, key, self.partition) if staged is None else staged[1]
 
     def put(self, table: str, key: str, value: Any) -> None:
         """Stage a write to the current input's partition; None deletes the key."""

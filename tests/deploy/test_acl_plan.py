@@ -18,6 +18,9 @@ from qmsflow.topics import load_catalog
 STREAMS = PROJECT_ROOT / "streams"
 #: a table declared in the stream code: app.Table("name", …) or the local table("name") helper
 TABLE_CALL = re.compile(r"(?:\.Table|\btable)\(\s*\"([a-z0-9-]+)\"")
+#: tables declared by name: the string keys of a module-level `…_TABLES = {…}` dict
+TABLES_DICT = re.compile(r"(?ms)^[A-Z_]+_TABLES = \{(.*?)^\}")
+TABLES_DICT_KEY = re.compile(r"^\s*\"([a-z0-9-]+)\":", re.M)
 #: a topic the stream code names literally: settings.topic("…"), raw_topic("…") or a constant
 TOPIC_LITERAL = re.compile(
     r"\"((?:qms|quality|inventory|capa|md|mes|lims|ems|cmms|supplier)\.[a-z0-9.-]+\.v[0-9]+)\""
@@ -48,9 +51,20 @@ def source_text() -> str:
 
 
 class TestWorker:
+    def test_the_batch_runtime_may_use_its_own_group_and_no_more(self, settings: Settings) -> None:
+        """Its consumer group is granted only when the worker runs the batch runtime."""
+        batch = settings.model_copy(update={"worker_runtime": "batch"})
+        granted = names(plan_acls(batch, load_catalog()), "worker", "Read", resource="group")
+        assert batch.ingest_group in granted
+        faust = names(plan_acls(settings, load_catalog()), "worker", "Read", resource="group")
+        assert batch.ingest_group not in faust
+
     def test_changelog_topics_cover_every_table(self, settings: Settings) -> None:
         """The worker owns one changelog topic per Faust table in streams/*.py."""
-        tables = set(TABLE_CALL.findall(source_text()))
+        source = source_text()
+        tables = set(TABLE_CALL.findall(source))
+        for block in TABLES_DICT.findall(source):
+            tables |= set(TABLES_DICT_KEY.findall(block))
         assert tables == set(faust_table_names())
         app_id = settings.topic(settings.app_id)
         acls = plan_acls(settings, load_catalog())

@@ -117,6 +117,23 @@ class TestDedupMarks:
         assert state.watermark(1) == 0
 
 
+    def test_a_key_in_two_partitions_is_deleted_only_where_the_tombstone_is(self) -> None:
+        """The scaling tool moves a mark: a tombstone on its old partition, a copy on the new."""
+        state = _state()
+        state.held = {1, 5}
+        tables = BatchTables(state)
+        tables.partition = 5
+        tables.put(DEDUP_TABLE, "moved", ["fp", 1, 5])
+        _apply(state, tables)
+        tables = BatchTables(state)
+        tables.partition = 1
+        tables.put(DEDUP_TABLE, "moved", None)
+        _apply(state, tables)
+        assert state.get(DEDUP_TABLE, "moved") == ["fp", 1, 5]
+        state.drop({1})
+        assert state.get(DEDUP_TABLE, "moved", partition=1) == ["fp", 1, 5]
+
+
 class TestDeliveryFailures:
     def test_each_failed_delivery_is_one_of_the_three_kinds(self) -> None:
         """Too large: the record's; timed out or retriable: transient; refused: infrastructure."""
