@@ -130,7 +130,11 @@ def register_batch_runtime(
 ) -> None:
     """Run the product-line stages in the batch runtime (streams/batch_runtime.py) as a task."""
     partitions = catalog["quality.events.v1"].partitions
-    state = ChangelogState(settings, [DEDUP_TABLE, *QUALITY_TABLES])
+    # dedup marks on disk with the rocksdb store (a restart reads only the changelogs' tail);
+    # the quality tables (lots, records, parked events) are small and stay in memory
+    datadir = settings.stack_dir / "faust" / f"{settings.topic_prefix}{settings.app_id}"
+    local = datadir / "batch-runtime" if settings.store == "rocksdb" else None
+    state = ChangelogState(settings, [DEDUP_TABLE, *QUALITY_TABLES], local_dir=local)
     retention_us = int(settings.dedup_retention.total_seconds() * 1_000_000)
     quality = QualityProcessor(
         codec,

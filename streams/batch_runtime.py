@@ -119,11 +119,17 @@ class Deliveries:
         self.sent = 0
         self.reported = 0
         self.error: KafkaError | None = None
+        #: (topic, partition) → the offset after the last record delivered there
+        self.ends: dict[tuple[str, int], int] = {}
 
-    def _report(self, error: KafkaError | None, _message: Message) -> None:
+    def _report(self, error: KafkaError | None, message: Message) -> None:
         self.reported += 1
-        if error is not None and self.error is None:
-            self.error = error
+        if error is not None:
+            if self.error is None:
+                self.error = error
+            return
+        at = (message.topic() or "", message.partition() or 0)
+        self.ends[at] = max(self.ends.get(at, 0), (message.offset() or 0) + 1)
 
     def produce(
         self,
@@ -367,14 +373,18 @@ class BatchRuntime:
         if not tables.writes:
             return
         changelog = self._state.changelog_records(tables.writes)
-        await self._write_changelog(changelog)
-        self._state.apply(tables.writes, datetime.now(UTC))
+        ends = await self._write_changelog(changelog)
+        self._state.apply(tables.writes, datetime.now(UTC), ends)
 
-    async def _write_changelog(self, records: Sequence[ChangelogRecord]) -> None:
+    async def _write_changelog(
+        self, records: Sequence[ChangelogRecord]
+    ) -> dict[tuple[str, int], int]:
+        """Produce the changelog records and await them; where each changelog partition ends."""
         deliveries = Deliveries(self._producer)
         for record in records:
             deliveries.produce(record.topic, record.key, record.value, partition=record.partition)
         await deliveries.settled()
+        return deliveries.ends
 
     def _commit(self, records: Sequence[RawMessage]) -> None:
         """Step 4: commit the offset after each partition's last record of the batch."""

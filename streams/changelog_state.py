@@ -21,13 +21,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from rocksdict import Options, Rdict
 
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.dedup import SeenEvent
@@ -37,6 +39,7 @@ from qmsflow.settings import Settings
 log = logging.getLogger(__name__)
 
 DEDUP_TABLE = "dedup-seen"
+_MISSING = object()
 #: records between restore progress lines
 _PROGRESS_EVERY = 100_000
 _RESTORE_POLL_SECONDS = 1.0
@@ -60,12 +63,17 @@ class ChangelogState:
     written, so expired marks are found from the front without scanning.
     """
 
-    def __init__(self, settings: Settings, tables: Sequence[str]) -> None:
+    def __init__(
+        self, settings: Settings, tables: Sequence[str], local_dir: Path | None = None
+    ) -> None:
         self._settings = settings
+        #: where the dedup marks are kept on disk (RocksDB per partition); None: in memory
+        self._local_dir = local_dir
+        self._sweep_from: dict[int, bytes | None] = {}  # partition → where the next scan starts
         self.names = tuple(tables)
         #: table → partition → key → value: a key lives in the partition that wrote it, and may
         #: live in several (the scaling tool copies a mark to each partition it may belong to)
-        self.values: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in self.names}
+        self.values: dict[str, dict[int, Any]] = {name: {} for name in self.names}
         self.held: set[int] = set()
         self.watermarks: dict[int, int] = {}  # partition → newest recorded_at_us remembered
         self.expiry: dict[int, deque[tuple[int, str]]] = {}  # partition → (recorded_at_us, id)
@@ -82,11 +90,15 @@ class ChangelogState:
         partitions = self.values[table]
         if partition is not None:
             rows = partitions.get(partition)
-            if rows is not None and key in rows:
-                return rows[key]
-        for rows in partitions.values():
-            if key in rows:
-                return rows[key]
+            if rows is not None:
+                value = rows.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
+        for other, rows in partitions.items():
+            if other != partition:
+                value = rows.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
         return None
 
     def rows(self, table: str) -> Iterable[tuple[str, Any]]:
@@ -110,8 +122,11 @@ class ChangelogState:
             return
         for partition in partitions:
             for name in self.names:
-                self.values[name].pop(partition, None)
+                rows = self.values[name].pop(partition, None)
+                if isinstance(rows, MarkStore):
+                    rows.close()  # its files stay: the partition may come back
             self.watermarks.pop(partition, None)
+            self._sweep_from.pop(partition, None)
             self.expiry.pop(partition, None)
         self.held -= partitions
 
@@ -143,16 +158,43 @@ class ChangelogState:
             time.monotonic() - started,
         )
 
+    def _rows(self, name: str, partition: int) -> dict[str, Any] | MarkStore:
+        """The rows of `name` in `partition`, opened (a RocksDB store for local marks)."""
+        partitions = self.values[name]
+        rows = partitions.get(partition)
+        if rows is None:
+            if name == DEDUP_TABLE and self._local_dir is not None:
+                path = self._local_dir / f"{name}-{partition}"
+                rows = partitions[partition] = MarkStore(path)
+            else:
+                rows = partitions[partition] = {}
+        return rows
+
     def _restore_table(self, consumer: Consumer, name: str, partitions: set[int]) -> int:
         topic = self.changelog_topic(name)
         ends: dict[int, int] = {}
+        starts: dict[int, int] = {}
         for partition in partitions:
+            rows = self._rows(name, partition)
+            start = rows.offset if isinstance(rows, MarkStore) else None
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
-            if high > low:
+            if start is not None and not low <= start <= high:
+                log.warning(
+                    "%s[%d]: local store at %d, log %d..%d: read whole",
+                    topic,
+                    partition,
+                    start,
+                    low,
+                    high,
+                )
+                rows.clear()
+                start = None
+            if high > max(low, start or 0):
                 ends[partition] = high
+                starts[partition] = OFFSET_BEGINNING if start is None else start
         if not ends:
             return 0
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
         tables = self.values[name]
         restored = 0
         while ends:
@@ -164,7 +206,7 @@ class ChangelogState:
                     continue
                 key = orjson.loads(message.key() or b"null")
                 raw = message.value()
-                rows = tables.setdefault(partition, {})
+                rows = tables[partition]
                 if raw is None:
                     rows.pop(key, None)
                 else:
@@ -174,19 +216,27 @@ class ChangelogState:
                     log.info("restoring %s: %d records", topic, restored)
                 if offset + 1 >= ends[partition]:
                     del ends[partition]
+                    if isinstance(rows, MarkStore):
+                        rows.offset = offset + 1
         consumer.unassign()
         return restored
 
     def _rebuild_dedup_index(self, partition: int) -> None:
         if DEDUP_TABLE not in self.values:
             return
-        rows = self.values[DEDUP_TABLE].get(partition, {})
-        marks = sorted((SeenEvent(*stored).recorded_at_us, key) for key, stored in rows.items())
-        self.expiry[partition] = deque(marks)
-        if marks:
+        rows = self._rows(DEDUP_TABLE, partition)
+        if isinstance(rows, MarkStore):  # on disk: swept by scanning, nothing kept per mark
+            newest = max(
+                (SeenEvent(*stored).recorded_at_us for _, stored in rows.items()), default=0
+            )
+        else:
+            marks = sorted((SeenEvent(*stored).recorded_at_us, key) for key, stored in rows.items())
+            self.expiry[partition] = deque(marks)
+            newest = marks[-1][0] if marks else 0
+        if newest:
             # a mark from a future recorded_at must not make the partition forget every id
             limit = ceiling_us(datetime.now(UTC), self._settings.max_clock_skew)
-            self.watermarks[partition] = clamp(marks[-1][0], limit)
+            self.watermarks[partition] = clamp(newest, limit)
 
     def expired_marks(self, partition: int, horizon_us: int, budget: int) -> list[str]:
         """Up to `budget` marks of `partition` recorded before `horizon_us`, oldest first.
@@ -194,9 +244,11 @@ class ChangelogState:
         A mark written again later (a conflict's new fingerprint) is skipped here and found
         again at its newer place in the queue.
         """
+        marks = self.values.get(DEDUP_TABLE, {}).get(partition, {})
+        if isinstance(marks, MarkStore):
+            return self._scan_expired(marks, partition, horizon_us, budget)
         queue = self.expiry.get(partition)
         expired: list[str] = []
-        marks = self.values.get(DEDUP_TABLE, {}).get(partition, {})
         while queue and len(expired) < budget and queue[0][0] < horizon_us:
             recorded_at_us, key = queue.popleft()
             stored = marks.get(key)
@@ -218,20 +270,53 @@ class ChangelogState:
             for (name, key), (partition, value) in writes.items()
         ]
 
-    def apply(self, writes: dict[tuple[str, str], tuple[int, Any]], now: datetime) -> None:
-        """Write a batch's staged writes into the tables (after their changelog records)."""
+    def _scan_expired(
+        self, marks: MarkStore, partition: int, horizon_us: int, budget: int
+    ) -> list[str]:
+        """Expired marks among the next `budget` stored ones.
+
+        Resumes where the last scan stopped, as Faust's sweep over its RocksDB store does.
+        """
+        expired: list[str] = []
+        resume = None
+        marked = marks.items(from_key=self._sweep_from.get(partition))
+        for scanned, (key, stored) in enumerate(marked):
+            if scanned == budget:
+                resume = key
+                break
+            if SeenEvent(*stored).recorded_at_us < horizon_us:
+                expired.append(key)
+        self._sweep_from[partition] = None if resume is None else resume.encode("utf-8")
+        return expired
+
+    def apply(
+        self,
+        writes: dict[tuple[str, str], tuple[int, Any]],
+        now: datetime,
+        changelog_ends: dict[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Write a batch's staged writes into the tables (after their changelog records).
+
+        `changelog_ends`: the offset after each changelog partition's last delivered record, so
+        a local store knows where its restore resumes.
+        """
         limit = ceiling_us(now, self._settings.max_clock_skew)
         for (name, key), (partition, value) in writes.items():
-            rows = self.values[name].setdefault(partition, {})
+            rows = self._rows(name, partition)
             if value is None:
                 rows.pop(key, None)
                 continue
             rows[key] = value
             if name == DEDUP_TABLE:
                 seen = SeenEvent(*value)
-                self.expiry.setdefault(partition, deque()).append((seen.recorded_at_us, key))
+                if not isinstance(rows, MarkStore):
+                    self.expiry.setdefault(partition, deque()).append((seen.recorded_at_us, key))
                 previous = self.watermarks.get(partition, 0)
                 self.watermarks[partition] = advance(previous, seen.recorded_at_us, limit)
+        for (topic, partition), end in (changelog_ends or {}).items():
+            store = self.values[DEDUP_TABLE].get(partition)
+            if isinstance(store, MarkStore) and topic == self.changelog_topic(DEDUP_TABLE):
+                store.offset = end
 
 
 class BatchTables:
@@ -259,3 +344,71 @@ class BatchTables:
     def rows(self, table: str) -> Iterable[tuple[str, Any]]:
         """Every stored row of `table` (staged writes not included, as with Faust tables)."""
         return self._state.rows(table)
+
+
+class MarkStore:
+    """One partition's dedup marks in RocksDB, plus the changelog offset they include.
+
+    Dict-like for the few operations the tables use; keys are event ids, values the marks as
+    JSON. The changelog offset lets a restart read only the changelog's tail; a lost directory
+    is read whole again.
+    """
+
+    _OFFSET_KEY = b"\x00changelog-offset"  # sorts before every event id
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._db = Rdict(str(path), Options(raw_mode=True))
+
+    @property
+    def offset(self) -> int | None:
+        """The changelog offset after the last record this store holds, if known."""
+        raw = self._db.get(self._OFFSET_KEY)
+        return None if raw is None else int(raw)
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._db[self._OFFSET_KEY] = str(value).encode("ascii")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The mark of `key`, or `default`."""
+        raw = self._db.get(key.encode("utf-8"))
+        return default if raw is None else orjson.loads(raw)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._db.get(key.encode("utf-8")) is not None
+
+    def __getitem__(self, key: str) -> Any:
+        raw = self._db.get(key.encode("utf-8"))
+        if raw is None:
+            raise KeyError(key)
+        return orjson.loads(raw)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._db[key.encode("utf-8")] = orjson.dumps(value)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Delete `key`; its former mark, or `default`."""
+        raw_key = key.encode("utf-8")
+        raw = self._db.get(raw_key)
+        if raw is None:
+            return default
+        del self._db[raw_key]
+        return orjson.loads(raw)
+
+    def items(self, from_key: bytes | None = None) -> Iterator[tuple[str, Any]]:
+        """Every mark, in key order, from `from_key` on."""
+        for raw_key, raw in self._db.items(from_key=from_key):
+            if raw_key != self._OFFSET_KEY:
+                yield bytes(raw_key).decode("utf-8"), orjson.loads(raw)  # type: ignore[arg-type]
+
+    def clear(self) -> None:
+        """Delete every mark and the offset (the local copy no longer matches the log)."""
+        keys = [raw_key for raw_key, _ in self._db.items()]
+        for raw_key in keys:
+            del self._db[raw_key]
+
+    def close(self) -> None:
+        """Close the database; its files stay."""
+        self._db.close()

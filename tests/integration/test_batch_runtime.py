@@ -6,12 +6,13 @@ What must hold:
   * it publishes exactly the unique events (duplicates dropped, corrupt records dead-lettered),
     and the quality stages run (quarantine commands appear);
   * it restores the dedup marks a Faust worker wrote (a worker switched from `faust` to `batch`
-    publishes nothing again when the ingest topics are replayed), and its own after a restart
-    with its memory lost.
+    publishes nothing again when the ingest topics are replayed), and its own after a restart,
+    with its local store kept (the changelogs' tail read) and with it lost (read whole).
 """
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,22 @@ class TestBatchRuntime:
             lambda: _caught_up(settings, batch_group),
             timeout=240,
             what="the restarted batch runtime to read the replay",
+            alive=batch.assert_alive,
+        )
+        assert end_offsets(settings, [canonical])[canonical] == total
+
+        # 5. the same with the local store lost (a new pod without its volume): the marks come
+        # back from the changelogs whole
+        batch.stop()
+        local = settings.stack_dir / "faust" / f"{settings.topic_prefix}{settings.app_id}"
+        shutil.rmtree(local / "batch-runtime")
+        _replay_ingest(settings)
+        batch.start_worker()
+        batch.start_sink()
+        wait_for(
+            lambda: _caught_up(settings, batch_group),
+            timeout=240,
+            what="the batch runtime without its local store to read the replay",
             alive=batch.assert_alive,
         )
         assert end_offsets(settings, [canonical])[canonical] == total

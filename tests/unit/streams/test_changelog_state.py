@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 from confluent_kafka import KafkaError
@@ -13,7 +14,7 @@ from streams.batch_runtime import (
     RecordRejected,
     delivery_failure,
 )
-from streams.changelog_state import DEDUP_TABLE, BatchTables, ChangelogState
+from streams.changelog_state import DEDUP_TABLE, BatchTables, ChangelogState, MarkStore
 from streams.processing import FailureKind, InfrastructureFailure, failure_kind
 
 NOW = datetime(2026, 12, 7, 12, tzinfo=UTC)
@@ -116,7 +117,6 @@ class TestDedupMarks:
         assert state.held == {0}
         assert state.watermark(1) == 0
 
-
     def test_a_key_in_two_partitions_is_deleted_only_where_the_tombstone_is(self) -> None:
         """The scaling tool moves a mark: a tombstone on its old partition, a copy on the new."""
         state = _state()
@@ -146,3 +146,38 @@ class TestDeliveryFailures:
         assert failure_kind(too_large) is FailureKind.RECORD
         assert failure_kind(timed_out) is FailureKind.TRANSIENT
         assert failure_kind(refused) is FailureKind.INFRASTRUCTURE
+
+
+class TestMarksOnDisk:
+    def test_marks_and_changelog_offset_survive_a_reopen(self, tmp_path: Path) -> None:
+        """A restart with the local store kept reads only the changelog's tail."""
+        state = ChangelogState(Settings(topic_prefix="t."), [DEDUP_TABLE], local_dir=tmp_path)
+        state.held = {3}
+        tables = BatchTables(state)
+        tables.partition = 3
+        tables.put(DEDUP_TABLE, "e1", ["fp", 10, 3])
+        tables.put(DEDUP_TABLE, "e2", ["fp", 20, 3])
+        changelog = state.changelog_topic(DEDUP_TABLE)
+        state.apply(tables.writes, NOW, {(changelog, 3): 42})
+        state.drop({3})  # closes the store; its files stay
+        store = MarkStore(tmp_path / f"{DEDUP_TABLE}-3")
+        try:
+            assert store.offset == 42
+            assert dict(store.items()) == {"e1": ["fp", 10, 3], "e2": ["fp", 20, 3]}
+        finally:
+            store.close()
+
+    def test_expired_marks_are_found_by_a_resumable_scan(self, tmp_path: Path) -> None:
+        """Nothing is kept in memory per mark: the sweep scans the store from where it stopped."""
+        state = ChangelogState(Settings(topic_prefix="t."), [DEDUP_TABLE], local_dir=tmp_path)
+        state.held = {0}
+        tables = BatchTables(state)
+        for n in range(6):
+            tables.put(DEDUP_TABLE, f"e{n}", ["fp", 100 if n % 2 else 9000, 0])
+        _apply(state, tables)
+        first = state.expired_marks(0, horizon_us=1000, budget=3)
+        second = state.expired_marks(0, horizon_us=1000, budget=3)
+        assert first + second == ["e1", "e3", "e5"]
+        assert state.get(DEDUP_TABLE, "e4", partition=0) == ["fp", 9000, 0]
+        assert state.get(DEDUP_TABLE, "missing", partition=0) is None
+        state.drop({0})
