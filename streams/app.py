@@ -159,6 +159,7 @@ def register_batch_runtime(
         create_changelog_topics(settings, batch_changelog_specs(state, settings, partitions))
         await feed.ready.wait()
         runtime = BatchRuntime(settings, processor, state, codec, ingest_topics=ingest_topics)
+        state_dump.describe_also(app, runtime.describe)  # kill -USR1 shows where it stands
         try:
             await runtime.run(lambda: app.should_stop)
         except Exception as error:  # infrastructure: crash the worker, nothing committed

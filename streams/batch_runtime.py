@@ -298,6 +298,20 @@ class BatchRuntime:
             self._consumer.close()  # leaves the group: the partitions move at once
             self._producer.flush(30)
 
+    def describe(self) -> str:
+        """Where each held topic-partition stands, for the worker's state dump (SIGUSR1)."""
+        lines = [
+            f"batch runtime: group {self._settings.ingest_group}, tables of partitions "
+            f"{sorted(self._state.held)}, {len(self._merge)} records buffered for ordering",
+            "topic[partition] batch position highwater",
+        ]
+        for topic, partition in sorted(self._assigned):
+            tp = TopicPartition(topic, partition)
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = self._consumer.position([tp])[0].offset
+            lines.append(f"{topic}[{partition}] batch {position} {high}")
+        return "\n".join(lines) + "\n"
+
     def _lagging(self, key: tuple[str, int]) -> bool:
         """Whether the broker holds records of this topic-partition not fetched yet."""
         tp = TopicPartition(*key)

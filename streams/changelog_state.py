@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from rocksdict import Options, Rdict
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict
 
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.quality.dedup import SeenEvent
@@ -165,7 +165,7 @@ class ChangelogState:
         if rows is None:
             if name == DEDUP_TABLE and self._local_dir is not None:
                 path = self._local_dir / f"{name}-{partition}"
-                rows = partitions[partition] = MarkStore(path)
+                rows = partitions[partition] = MarkStore(path, self._settings)
             else:
                 rows = partitions[partition] = {}
         return rows
@@ -346,6 +346,18 @@ class BatchTables:
         return self._state.rows(table)
 
 
+def store_options(settings: Settings) -> Options:
+    """RocksDB options bounded as the worker bounds Faust's table stores (`QMSFLOW_ROCKSDB_*`)."""
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(settings.rocksdb_write_buffer_size)
+    options.set_max_write_buffer_number(settings.rocksdb_max_write_buffers)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(settings.rocksdb_block_cache_size))
+    options.set_block_based_table_factory(table)
+    return options
+
+
 class MarkStore:
     """One partition's dedup marks in RocksDB, plus the changelog offset they include.
 
@@ -356,10 +368,10 @@ class MarkStore:
 
     _OFFSET_KEY = b"\x00changelog-offset"  # sorts before every event id
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, settings: Settings | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._db = Rdict(str(path), Options(raw_mode=True))
+        self._db = Rdict(str(path), store_options(settings or Settings()))
 
     @property
     def offset(self) -> int | None:

@@ -15,6 +15,8 @@ import io
 import logging
 import os
 import signal
+import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,15 @@ def write(app: faust.App, directory: Path) -> Path:
     return path
 
 
+#: app → more sections for its dumps (the batch runtime's partitions)
+_SECTIONS: weakref.WeakKeyDictionary[Any, list[Callable[[], str]]] = weakref.WeakKeyDictionary()
+
+
+def describe_also(app: faust.App, section: Callable[[], str]) -> None:
+    """Add `section()`'s text to every dump of `app`, after Faust's partition table."""
+    _SECTIONS.setdefault(app, []).append(section)
+
+
 def render(app: faust.App) -> str:
     """The partition table, then every task's stack (main loop, then the consumer's thread)."""
     out = io.StringIO()
@@ -77,6 +88,8 @@ def render(app: faust.App) -> str:
             f"{tp.topic}[{tp.partition}] {fetch} {consumer._committed_offset.get(tp)}"
             f" {consumer.highwater(tp)} {runs or '-'}\n"
         )
+    for section in _SECTIONS.get(app, []):
+        out.write("\n" + section())
     loops = [("main", asyncio.get_running_loop())]
     thread_loop = getattr(getattr(consumer, "_thread", None), "thread_loop", None)
     if thread_loop is not None:

@@ -42,8 +42,32 @@ CAPA_TOPIC = "qms.capa.v1"
 def pipeline(
     kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[PipelineProcesses]:
+    yield from _pipeline(kafka_bootstrap, postgres_dsn, topic_prefix, tmp_path)
+
+
+@pytest.fixture
+def faust_pipeline(
+    kafka_bootstrap: str, postgres_dsn: str, topic_prefix: str, tmp_path: Path
+) -> Iterator[PipelineProcesses]:
+    """The Faust runtime, whatever the environment says.
+
+    Its quality agent reads the canonical topic, where records written by other producers never
+    passed the ingest limits; the batch runtime never reads it, so it cannot meet them.
+    """
+    yield from _pipeline(kafka_bootstrap, postgres_dsn, topic_prefix, tmp_path, runtime="faust")
+
+
+def _pipeline(
+    kafka_bootstrap: str,
+    postgres_dsn: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    runtime: str | None = None,
+) -> Iterator[PipelineProcesses]:
     settings = prepared_settings(kafka_bootstrap, postgres_dsn, topic_prefix, sink_batch_size=200)
     env = {**environment(settings, kafka_bootstrap, postgres_dsn), "QMSFLOW_TICK_INTERVAL": "1"}
+    if runtime is not None:
+        env["QMSFLOW_WORKER_RUNTIME"] = runtime
     processes = PipelineProcesses(settings, env, tmp_path)
     processes.start_worker()
     processes.start_sink()
@@ -225,7 +249,7 @@ def _escalated(dsn: str, settings: Settings, number: str) -> list[int]:
 
 class TestTheQualityAgentMeetsFarDates:
     def test_it_escalates_nothing_early_and_goes_on(
-        self, pipeline: PipelineProcesses, postgres_dsn: str
+        self, faust_pipeline: PipelineProcesses, postgres_dsn: str
     ) -> None:
         """Canonical events past the ingest limits: the quality agent stays up and in order.
 
@@ -234,6 +258,7 @@ class TestTheQualityAgentMeetsFarDates:
         level (the agent went on past the others); the one due next week escalates to none (the
         watermark stayed near the wall clock); the worker never crashed.
         """
+        pipeline = faust_pipeline
         settings = pipeline.settings
         seed = zlib.crc32(settings.topic_prefix.encode())
         now = datetime.now(UTC)

@@ -41,7 +41,12 @@ def test_sigusr1_writes_where_each_partition_and_task_waits(
     (dump,) = dumps.glob("worker-*.txt")
     text = dump.read_text()
     assert "flow active yes" in text
-    nonconformance = f"{settings.topic('qms.nonconformance.v1')}[0] active"
-    assert any(line.startswith(nonconformance) for line in text.splitlines()), text[:2000]
     assert "--- main: " in text and "--- consumer thread: " in text
-    assert "consume_batches" in text  # the ingest agent's stack
+    if settings.worker_runtime == "batch":  # the ingest topics are the batch runtime's
+        nonconformance = f"{settings.topic('qms.nonconformance.v1')}[0] batch"
+        assert f"batch runtime: group {settings.ingest_group}" in text
+        assert "streams/batch_runtime.py" in text  # its task's stack
+    else:
+        nonconformance = f"{settings.topic('qms.nonconformance.v1')}[0] active"
+        assert "consume_batches" in text  # the ingest agent's stack
+    assert any(line.startswith(nonconformance) for line in text.splitlines()), text[:2000]
