@@ -153,10 +153,20 @@ def output_headers(
     They are the span's traceparent, the incoming tracestate and the correlation id (the incoming
     header's, else `correlation_id`).
     """
-    headers: list[tuple[str, bytes]] = []
     parent = TraceParent.of(span)
-    if parent is not None:
-        headers.append((TRACEPARENT, parent.header().encode("ascii")))
+    traceparent = None if parent is None else parent.header()
+    return _carried(traceparent, incoming, correlation_id)
+
+
+def _carried(
+    traceparent: str | None,
+    incoming: Sequence[tuple[str, bytes | None]],
+    correlation_id: str | None,
+) -> list[tuple[str, bytes]]:
+    """The traceparent, then the incoming tracestate and correlation id carried on."""
+    headers: list[tuple[str, bytes]] = []
+    if traceparent is not None:
+        headers.append((TRACEPARENT, traceparent.encode("ascii")))
     state = header_value(incoming, TRACESTATE)
     if state is not None:
         headers.append((TRACESTATE, state.encode("utf-8")))
@@ -287,14 +297,8 @@ def child_headers(
         return output_headers(parent, incoming, correlation_id=correlation_id)
     flags = "01" if context.trace_flags & TraceFlags.SAMPLED else "00"
     span_id = _IDS.getrandbits(64) or 1
-    headers = [(TRACEPARENT, f"00-{context.trace_id:032x}-{span_id:016x}-{flags}".encode("ascii"))]
-    state = header_value(incoming, TRACESTATE)
-    if state is not None:
-        headers.append((TRACESTATE, state.encode("utf-8")))
-    correlation = header_value(incoming, CORRELATION_HEADER) or correlation_id
-    if correlation is not None:
-        headers.append((CORRELATION_HEADER, correlation.encode("utf-8")))
-    return headers
+    traceparent = f"00-{context.trace_id:032x}-{span_id:016x}-{flags}"
+    return _carried(traceparent, incoming, correlation_id)
 
 
 def _unrecorded_span(parent: TraceParent | None) -> Span:

@@ -121,6 +121,26 @@ class TestNothingListening:
             assert out.span_id not in (0, 0x00F067AA0BA902B7)
             assert out.sampled is (flags == "01")
 
+    def test_a_child_stage_in_the_same_handling_continues_the_trace(self) -> None:
+        """The fused quality half continues the ingest span's trace, as stage_span would.
+
+        Same trace id and flags, its own span id, the tracestate and correlation id carried on.
+        """
+        for flags in ("01", "00"):
+            incoming = [
+                ("traceparent", f"00-{TRACE}-00f067aa0ba902b7-{flags}".encode()),
+                ("tracestate", b"vendor=1"),
+            ]
+            with telemetry.stage_span("ingest", incoming) as ingest:
+                parent = TraceParent.of(ingest)
+                outgoing = telemetry.output_headers(ingest, incoming)
+            child = dict(telemetry.child_headers(ingest, outgoing, correlation_id="corr-9"))
+            out = parse_traceparent(child["traceparent"])
+            assert parent is not None and out is not None
+            assert out.trace_id_hex == TRACE and out.sampled is (flags == "01")
+            assert out.span_id not in (0, parent.span_id)
+            assert child["tracestate"] == b"vendor=1" and child["correlation_id"] == b"corr-9"
+
     def test_new_traces_differ_and_are_sampled(self) -> None:
         """Without a traceparent each record starts its own, sampled trace, as the SDK would."""
         seen = set()
