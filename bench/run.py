@@ -12,7 +12,8 @@ Per repetition, on a fresh topic prefix (topics deleted afterwards), on the same
      until the sink's committed offsets cover the whole canonical topic (offsets are committed in
      the same transaction as the rows, so that is the moment the last row is in Postgres);
   5. (c) COPY of the same canonical rows into a scratch copy of qms.quality_event;
-  6. the sink alone: its rows deleted, a sink with another group reloads the canonical topic;
+  6. the sink alone: the canonical records copied to <prefix>alone. under fresh event ids (uuid5
+     of each, same length), loaded by an already joined sink that also writes their audit rows;
   7. end-to-end on the batch worker runtime (QMSFLOW_WORKER_RUNTIME=batch, "e2e_batch"): the
      same ingest records copied byte for byte to a sibling prefix (<prefix>batch.), so the
      canonical topic it fills starts empty, the rows step 4 stored deleted (rows are keyed by
@@ -568,20 +569,62 @@ def copy_baseline(settings: Settings, unique: int, rep: int) -> Run:
 def sink_alone(
     settings: Settings, env: dict[str, str], unique: int, rep: int, timeout: float, logs: Path
 ) -> Run:
-    """The sink on its own: the end-to-end rows deleted, a new group reloads the canonical topic."""
-    events = settings.topic("quality.events.v1")
+    """The sink on its own, audit trail included: a copy of the canonical topic, under new ids.
+
+    The audit trail is append-only and keyed by event id, so records the end-to-end step
+    audited would be skipped, however their rows were deleted. Instead the canonical records
+    are copied to a sibling prefix (<prefix>alone.) with each event_id replaced by a uuid5 of
+    it: the same 36 characters, so every other byte is unchanged, and a duplicate stays one.
+    As for the upserted tables (bench.sink_tables), the sink is started and its group let
+    settle first (start-up and join are not timed); then the copy is produced and the clock
+    runs until the sink's offsets, stored with its rows and audit rows, cover it.
+    """
+    # bench.sink_tables owns the group wait; imported here, where it is used
+    from bench.sink_tables import _group_stable
+
+    source = settings.topic("quality.events.v1")
+    alone = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}alone."})
+    events = alone.topic("quality.events.v1")
     app_id = "bench-sink-alone"
-    with psycopg.connect(settings.dsn) as conn:
-        conn.execute("DELETE FROM qms.quality_event WHERE kafka_topic = %s", (events,))
-    progress = _sink_progress(settings.dsn, settings.topic(f"{app_id}-sink"), events)
-    processes = PipelineProcesses(settings, {**env, "QMSFLOW_APP_ID": app_id}, logs)
-    started = time.monotonic()
+    group = alone.topic(f"{app_id}-sink")
+    create_topics(alone, load_catalog(), echo=_quiet)
+    records = read_topic(settings, source)
+    progress = _sink_progress(settings.dsn, group, events)
+    env = {**env, "QMSFLOW_TOPIC_PREFIX": alone.topic_prefix, "QMSFLOW_APP_ID": app_id}
+    processes = PipelineProcesses(alone, env, logs)
     processes.start_sink()
+    assert processes.sink is not None
+    watch = CpuWatch({"sink": processes.sink.pid})
     try:
-        waited = _wait(progress, unique, timeout, processes.assert_alive)
+        _group_stable(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), group, 60)
+        time.sleep(1.0)  # on_assign positions the partitions from qms.sink_offsets
+        started = time.monotonic()
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+        for r in records:
+            value = r.value
+            # a framed canonical event starts with its event_id: 5 frame bytes, then the Avro
+            # string's length (36, zigzag 0x48) and the 36 characters
+            if value is not None and len(value) > 42 and value[5] == 0x48:
+                renamed = uuid.uuid5(uuid.NAMESPACE_URL, f"{events}/{value[6:42].decode()}")
+                value = value[:6] + str(renamed).encode("ascii") + value[42:]
+            while True:
+                try:
+                    producer.produce(
+                        events, key=r.key, value=value, headers=r.headers, partition=r.partition
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.05)
+        producer.flush(60)
+        waited = _wait(progress, len(records), timeout, processes.assert_alive, watch.first)
+        watch.end(waited[2])
     finally:
         processes.stop()
-    return _run("sink_alone", rep, unique, unique, started, waited)
+    run = _run("sink_alone", rep, unique, len(records), started, waited, watch)
+    stored = _rows(settings.dsn, events)
+    if run.completed and stored != unique:
+        raise RuntimeError(f"{events}: expected {unique} rows in qms.quality_event, got {stored}")
+    return run
 
 
 def _create_bench_topics(settings: Settings) -> None:

@@ -3,11 +3,13 @@
 A topic binds to one or more table writes (an incident is one `qms.incident` row plus one
 `qms.incident_member` row per member). A write is insert-only unless it names an `Upsert`:
 insert-only keeps the first row stored under a key; an upsert replaces it with a newer view
-when the upsert's rule says so. A binding may lift record headers into the record
-(`header_fields`), and a write of a compacted topic may map a tombstone (null value) to rows
-(`on_tombstone`); a tombstone on any other topic is a dead letter. Values a table's CHECK
-constraint would refuse are refused here first, as a `ValueError`, so one bad record becomes a
-dead letter instead of failing its batch.
+when the upsert's rule says so. An insert-only write whose keys come again by design
+(`keys_recur`: every incident view re-sends its members) is told apart from one where a stored
+key is only ever a redelivery: the sink copies the latter straight into its table. A binding
+may lift record headers into the record (`header_fields`), and a write of a compacted topic may
+map a tombstone (null value) to rows (`on_tombstone`); a tombstone on any other topic is a dead
+letter. Values a table's CHECK constraint would refuse are refused here first, as a
+`ValueError`, so one bad record becomes a dead letter instead of failing its batch.
 """
 
 from __future__ import annotations
@@ -80,11 +82,22 @@ class TableWrite:
     to_rows: RowMapper
     upsert: Upsert | None = None
     on_tombstone: TombstoneMapper | None = None  # only for compacted topics
+    #: an insert-only key that later records send again as a matter of course, not by redelivery
+    keys_recur: bool = False
 
     @property
     def updated_columns(self) -> tuple[str, ...]:
         """The columns an upsert overwrites: all but the key."""
         return tuple(c for c in self.columns if c not in self.key)
+
+    @property
+    def copied_straight(self) -> bool:
+        """Whether a batch of new keys may be copied into the table itself, without staging.
+
+        True for insert-only writes whose keys do not recur: a stored key is then a redelivery,
+        rare enough that the sink rewrites its batch through staging when one is met.
+        """
+        return self.upsert is None and not self.keys_recur
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class TableBinding:
 
     def fields_from_headers(self, headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
         """The declared headers as record fields (UTF-8 text); absent headers are left out."""
+        if not self.header_fields:  # most topics lift none: skip the per-record walk
+            return {}
         wanted = dict(self.header_fields)
         return {
             wanted[name]: value.decode("utf-8")
@@ -855,12 +870,14 @@ BINDINGS: tuple[TableBinding, ...] = (
                 INCIDENT_UPSERT,
             ),
             # members only ever grow from one view to the next, so the union of every view's
-            # members, insert-only, is the newest view's member set whatever the arrival order
-            _insert_only(
+            # members, insert-only, is the newest view's member set whatever the arrival order;
+            # each view re-sends them all, so their keys recur
+            TableWrite(
                 "qms.incident_member",
                 INCIDENT_MEMBER_COLUMNS,
                 ("environment", "incident_id", "event_id"),
                 incident_member_rows,
+                keys_recur=True,
             ),
         ),
     ),

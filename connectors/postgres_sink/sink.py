@@ -9,11 +9,19 @@ Commit protocol (implemented here and nowhere else):
      does a tombstone, except on a compacted topic whose binding maps it (a golden record's
      tombstone marks its row deleted);
   3. `flush()` first publishes those dead letters and waits for the broker's acknowledgement;
-  4. then, in ONE Postgres transaction: per table, COPY the buffered rows into a temporary staging
-     table, INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO NOTHING (or, for a table
-     written by upsert, DO UPDATE … WHERE the incoming row is newer), append the regulated
-     records' hash-chained audit rows (`qmsflow.audit`), and upsert every touched
-     partition's next offset into `qms.sink_offsets`; COMMIT;
+  4. then, in ONE Postgres transaction: per table, write the buffered rows (below), append the
+     regulated records' hash-chained audit rows (`qmsflow.audit`), and upsert every touched
+     partition's next offset into `qms.sink_offsets`; COMMIT. A table is written one of two
+     ways:
+     - straight: an insert-only table whose keys do not recur (`TableWrite.copied_straight`)
+       gets one COPY of the batch's first row per key into the table itself, and the audit
+       rows are appended without looking up records already chained; a key (or audit record)
+       already stored is then a redelivery, which Postgres reports as a unique violation
+       (23505): the transaction is rolled back and the batch written again staged, and so is
+       the next batch (a replay comes in runs) until a staged batch meets no stored key;
+     - staged: COPY into a temporary staging table, then INSERT … SELECT DISTINCT ON (key) …
+       ON CONFLICT (key) DO NOTHING (or, for a table written by upsert, DO UPDATE … WHERE the
+       incoming row is newer); always so for upserted tables and keys that recur;
   4a. if Postgres refuses a row (`database_verdict` says REJECT_RECORD: a data exception, a
      program limit, an integrity violation, a NUL psycopg will not send), that transaction is
      rolled back and the batch is written again in a new one, split into SAVEPOINTs: a part
@@ -24,8 +32,9 @@ Commit protocol (implemented here and nowhere else):
      becomes a dead letter (`sink-rejected`, stage `sink`, the database's message and SQLSTATE),
      published and acknowledged before the COMMIT, which stores every partition's offset as in
      step 4; a rejected record of the dead-letter topic itself is logged at ERROR and counted,
-     never re-lettered (that would loop; the original stays in Kafka). A clean batch costs
-     nothing extra: no savepoint, one COPY and one INSERT per table;
+     never re-lettered (that would loop; the original stays in Kafka). The parts are written
+     staged. A clean batch costs nothing extra: no savepoint, one COPY per table (and one
+     INSERT per staged table);
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
 A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
@@ -50,7 +59,7 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -210,6 +219,9 @@ class PostgresSink:
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._dead: list[dict[str, Any]] = []
         self._dead_published = 0  # of this batch's dead letters, already acknowledged
+        # whether the next batch is tried straight (step 4): not while a replay meets stored keys
+        self._straight = True
+        self._audit_known = 0  # records of the last tables written already in the audit trail
         self.stats = SinkStats()
 
     @property
@@ -279,9 +291,7 @@ class PostgresSink:
         relettered = 0
         written: dict[str, int]
         try:
-            with self._conn.transaction():
-                written = self._write_tables(self._rows, fresh_staging=False)
-                self._store_offsets()
+            written = self._write_batch()
         except psycopg.Error as error:
             if database_verdict(error, connection_closed=self._conn.closed) is not (
                 DatabaseVerdict.REJECT_RECORD
@@ -305,20 +315,62 @@ class PostgresSink:
         self.discard()
         return committed
 
+    def _write_batch(self) -> dict[str, int]:
+        """Step 4 for the whole batch: straight if it may be, staged when a stored key is met."""
+        if self._straight:
+            try:
+                with self._conn.transaction():
+                    written = self._write_tables(self._rows, straight=True)
+                    self._store_offsets()
+                return written
+            except psycopg.errors.UniqueViolation as error:
+                log.info(
+                    "batch meets a stored key (%s): a redelivery; writing it staged",
+                    error.diag.constraint_name or error,
+                )
+                self._straight = False
+        with self._conn.transaction():
+            written = self._write_tables(self._rows, straight=False)
+            self._store_offsets()
+        # a batch whose straight-copied tables took every row, and whose records were none in
+        # the audit trail yet, met no stored key: the replay is over, the next batch is tried
+        # straight again
+        self._straight = self._audit_known == 0 and all(
+            written.get(table, 0) == len(rows)
+            for table, rows in self._rows.items()
+            if self._writes[table].copied_straight
+        )
+        return written
+
     def _write_tables(
-        self, rows_by_table: Mapping[str, list[Row]], *, fresh_staging: bool
+        self,
+        rows_by_table: Mapping[str, list[Row]],
+        *,
+        straight: bool = False,
+        fresh_staging: bool = False,
     ) -> dict[str, int]:
-        """Each table's rows, then their audit trail; the rows inserted or updated per table."""
+        """Each table's rows, then their audit trail; the rows inserted or updated per table.
+
+        `straight` copies tables that allow it into themselves and appends the audit rows
+        without looking up known records: a stored key raises UniqueViolation (step 4).
+        """
         writes = self._writes
         written: dict[str, int] = {}
         for table, rows in rows_by_table.items():
-            if rows:
-                written[table] = _write(self._conn, writes[table], rows, fresh_staging)
+            if not rows:
+                continue
+            write = writes[table]
+            if straight and write.copied_straight:
+                written[table] = _copy_straight(self._conn, write, rows)
+            else:
+                written[table] = _write_staged(self._conn, write, rows, fresh_staging)
         # Part 11 audit trail: the regulated records' chained audit rows, in this same
         # transaction (protocol in qmsflow.audit)
-        append_audit_trail(
-            self._conn, {t: (writes[t].columns, rows) for t, rows in rows_by_table.items()}
-        )
+        self._audit_known = append_audit_trail(
+            self._conn,
+            {t: (writes[t].columns, rows) for t, rows in rows_by_table.items()},
+            look_up_known=not straight,
+        ).known
         return written
 
     def _write_bisected(
@@ -464,7 +516,44 @@ def _tombstone_rows(
     ]
 
 
-def _write(
+def _first_per_key(write: TableWrite, rows: list[Row]) -> list[Row]:
+    """One row per key: the first delivery (lowest `kafka_offset`), as the staged INSERT keeps.
+
+    The rows themselves when no key repeats, which is the common case.
+    """
+    offset = write.columns.index("kafka_offset")
+    positions = [write.columns.index(c) for c in write.key]
+    first: dict[Any, Row] = {}
+    if len(positions) == 1:
+        (position,) = positions
+        for row in rows:
+            key = row[position]
+            kept = first.setdefault(key, row)
+            if kept is not row and row[offset] < kept[offset]:
+                first[key] = row
+    else:
+        for row in rows:
+            key = tuple(row[p] for p in positions)
+            kept = first.setdefault(key, row)
+            if kept is not row and row[offset] < kept[offset]:
+                first[key] = row
+    return rows if len(first) == len(rows) else list(first.values())
+
+
+def _copy_straight(conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row]) -> int:
+    """COPY the batch's first row per key into the table itself; the rows inserted.
+
+    Raises UniqueViolation if a key is already stored (a redelivery): the caller writes the
+    batch again staged (step 4).
+    """
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {write.table} ({', '.join(write.columns)}) FROM STDIN") as copy:
+            for row in _first_per_key(write, rows):
+                copy.write_row(row)
+        return cur.rowcount
+
+
+def _write_staged(
     conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row], fresh_staging: bool = False
 ) -> int:
     """COPY into a staging table, then one INSERT that skips (or, upserting, updates) stored keys.
@@ -585,6 +674,7 @@ def run_sink(
             try:
                 messages = consumer.consume(settings.sink_batch_size, settings.sink_batch_timeout)
                 traced: list[tuple[str, Headers]] = []
+                consumed: Counter[str] = Counter()  # counted per batch: a label lookup per record
                 for message in messages:
                     if _is_error(message):
                         continue
@@ -600,9 +690,11 @@ def run_sink(
                         message.timestamp()[1] if message.timestamp()[0] else None,
                     )
                     logical = topic.removeprefix(settings.topic_prefix)
-                    telemetry.record_event("in", "sink", logical, None)
+                    consumed[logical] += 1
                     if exporting and telemetry.header_value(headers, telemetry.TRACEPARENT):
                         traced.append((logical, headers))
+                for logical, count in consumed.items():
+                    telemetry.record_event("in", "sink", logical, None, count)
                 if sink.pending:
                     _flush_traced(consumer, sink, traced)
                     backoff = _RECONNECT_FIRST_SECONDS

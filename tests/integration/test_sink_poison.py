@@ -2,7 +2,8 @@
 
 A record Avro accepts but Postgres refuses (a NUL in text, a lot_id too long for its btree index)
 becomes one `sink-rejected` dead letter; the rest of its batch commits with the offsets, and the
-sink keeps consuming. A clean batch still costs one COPY and one INSERT per table, no savepoint.
+sink keeps consuming. A clean batch still costs one COPY per table (and one INSERT per staged
+table), no savepoint; a batch that meets a stored key is written again, staged.
 """
 
 from __future__ import annotations
@@ -253,11 +254,35 @@ class TestRejectedRecordsInOneBatch:
         assert "cannot contain NUL" in logged.getMessage()
 
 
+def protocol_trace(conn: psycopg.Connection[Any], path: Path, flush: Any) -> list[str]:
+    """The statements `flush()` sent, from libpq's own protocol trace."""
+    with path.open("w") as out:
+        conn.pgconn.trace(out.fileno())
+        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            flush()
+        finally:
+            conn.pgconn.untrace()
+    sent = [
+        line for line in path.read_text(errors="replace").splitlines() if line.startswith("F\t")
+    ]
+    return [line for line in sent if "\tQuery\t" in line or "\tParse\t" in line]
+
+
+def count_in(statements: list[str], fragment: str) -> int:
+    """How many of the statements hold `fragment`."""
+    return sum(fragment in line for line in statements)
+
+
 class TestCleanBatchCost:
-    def test_clean_batch_is_one_copy_and_one_insert_per_table_without_savepoints(
+    def test_clean_batch_is_one_copy_per_table_and_no_savepoint(
         self, conn: psycopg.Connection[Any], topic_prefix: str, tmp_path: Path
     ) -> None:
-        """The happy path pays nothing for rejection: counted in libpq's own protocol trace."""
+        """The happy path pays nothing for rejection: counted in libpq's own protocol trace.
+
+        New event ids are copied straight into qms.quality_event and their audit rows appended
+        without a look-up; the upserted incident and its recurring members go through staging.
+        """
         incidents = f"{topic_prefix}quality.incidents.v1"
         events = f"{topic_prefix}{EVENTS}"
         postgres_sink = PostgresSink(
@@ -276,34 +301,108 @@ class TestCleanBatchCost:
         subject = BY_TOPIC["quality.incidents.v1"].subject
         postgres_sink.add(incidents, 0, 0, key.encode(), CODEC.encode(subject, incident))
 
-        trace = tmp_path / "libpq.trace"
-        with trace.open("w") as out:
-            conn.pgconn.trace(out.fileno())
-            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-            try:
-                postgres_sink.flush()
-            finally:
-                conn.pgconn.untrace()
-        sent = [
-            line
-            for line in trace.read_text(errors="replace").splitlines()
-            if line.startswith("F\t")
-        ]
-        statements = [line for line in sent if "\tQuery\t" in line or "\tParse\t" in line]
+        statements = protocol_trace(conn, tmp_path / "libpq.trace", postgres_sink.flush)
 
         def count(fragment: str) -> int:
-            return sum(fragment in line for line in statements)
+            return count_in(statements, fragment)
 
-        tables = ("qms.quality_event", "qms.incident", "qms.incident_member")
-        for table in tables:
+        assert count("COPY qms.quality_event (") == 1
+        assert count("INSERT INTO qms.quality_event (") == 0
+        assert count("sink_staging_qms_quality_event") == 0
+        for table in ("qms.incident", "qms.incident_member"):
             staging = "sink_staging_" + table.replace(".", "_")
             assert count(f"COPY {staging} (") == 1, table
             assert count(f"INSERT INTO {table} (") == 1, table
         assert count("COPY audit.record_change") == 1
+        assert count("SELECT record_id FROM audit.record_change") == 0
         assert count("SAVEPOINT") == 0
         assert count("DELETE FROM") == 0
         assert count(' "BEGIN"') == 1 and count(' "COMMIT"') == 1
         assert postgres_sink.stats.records_rejected == 0
+        assert postgres_sink.stats.by_table["qms.quality_event"] == 50
+
+
+class TestRedeliveredKeys:
+    def test_batch_meeting_a_stored_key_is_written_again_staged(
+        self, conn: psycopg.Connection[Any], migrated_dsn: str, topic_prefix: str, tmp_path: Path
+    ) -> None:
+        """A redelivered event fails the straight COPY; the batch is rewritten staged, once each.
+
+        The stored row and its audit row keep the first delivery; the new events of the same
+        batch are stored and audited; once a staged batch meets no stored key, the next one is
+        copied straight again.
+        """
+        topic = f"{topic_prefix}{EVENTS}"
+        group = f"{topic_prefix}sink"
+        ids = records.event_ids(6, topic_prefix)
+
+        def encoded(event_id: str) -> bytes:
+            return CODEC.encode(EVENT_SUBJECT, canonical_event(event_id))
+
+        first = PostgresSink(conn, CODEC, consumer_group=group, topic_prefix=topic_prefix)
+        first.add(topic, 0, 0, b"k", encoded(ids[0]))
+        first.flush()
+        # a new sink (a replay after a crash, or a republished event on another partition)
+        postgres_sink = PostgresSink(conn, CODEC, consumer_group=group, topic_prefix=topic_prefix)
+        postgres_sink.add(topic, 1, 7, b"k", encoded(ids[0]))
+        postgres_sink.add(topic, 1, 8, b"k", encoded(ids[1]))
+        postgres_sink.add(topic, 1, 9, b"k", encoded(ids[2]))
+
+        statements = protocol_trace(conn, tmp_path / "replay.trace", postgres_sink.flush)
+
+        assert count_in(statements, "COPY qms.quality_event (") == 1
+        assert count_in(statements, "INSERT INTO qms.quality_event (") == 1
+        assert count_in(statements, ' "ROLLBACK"') == 1
+        assert count_in(statements, ' "COMMIT"') == 1
+        stored = conn.execute(
+            "SELECT event_id::text, kafka_partition, kafka_offset FROM qms.quality_event"
+            " WHERE kafka_topic = %s ORDER BY kafka_offset",
+            (topic,),
+        ).fetchall()
+        conn.commit()
+        assert sorted(stored) == sorted([(ids[0], 0, 0), (ids[1], 1, 8), (ids[2], 1, 9)])
+        assert postgres_sink.stats.by_table["qms.quality_event"] == 2
+        assert stored_offsets(migrated_dsn, group) == {(topic, 0): 1, (topic, 1): 10}
+        audited = audit_rows(migrated_dsn, topic)
+        assert sorted((r["record_id"], r["kafka_offset"]) for r in audited) == sorted(
+            [(ids[0], 0), (ids[1], 8), (ids[2], 9)]
+        )
+        assert_chained(audited)
+
+        # a replay comes in runs: the next batch is staged; one that meets no stored key ends it
+        postgres_sink.add(topic, 1, 10, b"k", encoded(ids[3]))
+        statements = protocol_trace(conn, tmp_path / "next.trace", postgres_sink.flush)
+        assert count_in(statements, "INSERT INTO qms.quality_event (") == 1
+        assert count_in(statements, ' "ROLLBACK"') == 0
+
+        postgres_sink.add(topic, 1, 11, b"k", encoded(ids[4]))
+        statements = protocol_trace(conn, tmp_path / "after.trace", postgres_sink.flush)
+        assert count_in(statements, "COPY qms.quality_event (") == 1
+        assert count_in(statements, "INSERT INTO qms.quality_event (") == 0
+        assert count_in(statements, ' "ROLLBACK"') == 0
+
+    def test_a_key_twice_in_one_batch_is_stored_once_under_its_first_delivery(
+        self, conn: psycopg.Connection[Any], topic_prefix: str
+    ) -> None:
+        """A republished event in the same batch: the straight COPY keeps the lowest offset."""
+        topic = f"{topic_prefix}{EVENTS}"
+        (event_id,) = records.event_ids(1, topic_prefix)
+        value = CODEC.encode(EVENT_SUBJECT, canonical_event(event_id))
+        postgres_sink = PostgresSink(
+            conn, CODEC, consumer_group=f"{topic_prefix}sink", topic_prefix=topic_prefix
+        )
+        postgres_sink.add(topic, 0, 5, b"k", value)
+        postgres_sink.add(topic, 1, 2, b"k", value)
+
+        postgres_sink.flush()
+
+        stored = conn.execute(
+            "SELECT kafka_partition, kafka_offset FROM qms.quality_event WHERE kafka_topic = %s",
+            (topic,),
+        ).fetchall()
+        conn.commit()
+        assert stored == [(1, 2)]
+        assert postgres_sink.stats.by_table["qms.quality_event"] == 1
 
 
 class TestRunningSink:

@@ -14,10 +14,22 @@ from hypothesis import strategies as st
 from connectors.postgres_sink.rows import (
     ESCALATION_COLUMNS,
     QUALITY_EVENT_COLUMNS,
+    QUARANTINE_COMMAND_COLUMNS,
+    SIGNATURE_CHECK_COLUMNS,
     escalation_row,
     quality_event_row,
+    quarantine_command_row,
+    signature_check_row,
 )
-from qmsflow.audit import AUDIT_COLUMNS, GENESIS_HASH, audit_entries, canonical_json, link_hash
+from qmsflow.audit import (
+    AUDIT_COLUMNS,
+    AUDITED_TABLES,
+    GENESIS_HASH,
+    audit_entries,
+    canonical_json,
+    chained_rows,
+    link_hash,
+)
 from qmsflow.quality.event import Coordinates
 from tests.unit.connectors import stage_records as records
 
@@ -97,6 +109,88 @@ class TestCanonicalRow:
         """Keys sorted, no spaces: one spelling per row."""
         text = canonical_json(chained_row())
         assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+
+
+class TestChainedRows:
+    def test_rows_carry_the_known_good_hash(self) -> None:
+        """The COPY rows hash as link_hash does: the pinned first hash, chained from genesis."""
+        (entry,) = audit_entries(
+            {"qms.quality_event": (QUALITY_EVENT_COLUMNS, [event_row("e1", 5)])}
+        )
+        ((*values, prev_hash, row_hash),) = chained_rows([entry], 0, GENESIS_HASH, T0)
+        assert (values[0], prev_hash) == (1, GENESIS_HASH)
+        assert row_hash == "ceef67cdfdeecd6343d7463a2ae0f683057883c2360dad80e5085594990ac673"
+        assert values[AUDIT_COLUMNS.index("changes")] == "[]"  # jsonb text for the COPY
+
+    @given(st.text(), st.text(), st.integers(min_value=0, max_value=2**63 - 1))
+    def test_each_row_links_to_the_one_before(self, reason: str, field: str, seq: int) -> None:
+        """Every row's hash is link_hash of its own columns after the previous row's hash."""
+        audit = {
+            "changed_by": "jdoe",
+            "reason": reason,
+            "changes": [{"field": field, "old_value": None, "new_value": reason}],
+        }
+        signature = {"signer_id": "a", "printed_name": "A", "signed_at": T0, "meaning": "review"}
+        rows = [
+            event_row("e1", 1, audit=audit),
+            event_row("e2", 2, signature=signature),
+            event_row("e3", 3),
+        ]
+        entries = audit_entries({"qms.quality_event": (QUALITY_EVENT_COLUMNS, rows)})
+        prev = "f" * 64
+        for entry, (*values, prev_hash, row_hash) in zip(
+            entries, chained_rows(entries, seq, prev, T0), strict=True
+        ):
+            expected = dict(zip(AUDIT_COLUMNS, entry.values(values[0], T0), strict=True))
+            assert prev_hash == prev
+            assert row_hash == link_hash(prev, expected)
+            prev = row_hash
+
+
+def audited_rows() -> dict[str, tuple[tuple[str, ...], tuple[object, ...]]]:
+    """One real row of each audited table, as the sink maps it: `table: (columns, row)`."""
+    check = {
+        "check_id": "7f1d3c52-2b1e-5f0a-9a57-0c3b8e6d4f21",
+        "event_id": records.event_ids(1)[0],
+        "event_type": "capa",
+        "source_system": "QMS",
+        "source_record_id": "CAPA-77",
+        "product_line": "sterile-injectables",
+        "signer_id": "asmith",
+        "printed_name": "Alice Smith",
+        "meaning": "approval",
+        "signed_at": T0,
+        "status": "invalid",
+        "problems": ["signed after recorded_at", "unknown signer"],
+        "checked_at": T0,
+    }
+    return {
+        "qms.quality_event": (QUALITY_EVENT_COLUMNS, event_row("e1", 5)),
+        "qms.escalation": (
+            ESCALATION_COLUMNS,
+            escalation_row(records.escalation(), Coordinates("capa.escalations.v1", 1, 2)),
+        ),
+        "qms.quarantine_command": (
+            QUARANTINE_COMMAND_COLUMNS,
+            quarantine_command_row(
+                records.quarantine_command(),
+                Coordinates("inventory.quarantine-commands.v1", 0, 3),
+            ),
+        ),
+        "qms.signature_check": (
+            SIGNATURE_CHECK_COLUMNS,
+            signature_check_row(check, Coordinates("quality.signature-checks.v1", 2, 4)),
+        ),
+    }
+
+
+class TestAuditedColumns:
+    @pytest.mark.parametrize("table", sorted(AUDITED_TABLES))
+    def test_entry_from_the_read_columns_is_the_entry_from_the_whole_row(self, table: str) -> None:
+        """Handing over only the declared columns loses nothing an entry is made from."""
+        columns, row = audited_rows()[table]
+        (entry,) = audit_entries({table: (columns, [row])})
+        assert entry == AUDITED_TABLES[table](dict(zip(columns, row, strict=True)))
 
 
 class TestAuditEntries:

@@ -22,7 +22,7 @@ from connectors.postgres_sink.rows import (
     TableBinding,
     TableWrite,
 )
-from connectors.postgres_sink.sink import PostgresSink
+from connectors.postgres_sink.sink import PostgresSink, _first_per_key
 from qmsflow.contracts import AvroCodec, FileSchemaRegistry
 from qmsflow.quality.event import Coordinates
 from qmsflow.settings import PROJECT_ROOT
@@ -313,3 +313,35 @@ class TestSinkBuffering:
         )
         sink.add("t.quality.incidents.v1", 0, 9, b"k", value)
         assert sink.pending == 1  # the dead letter only
+
+
+class TestStraightCopy:
+    def test_only_insert_only_writes_whose_keys_do_not_recur_are_copied_straight(self) -> None:
+        """Events are copied into their table; upserts and recurring members go through staging."""
+        straight = {w.table for b in BINDINGS for w in b.writes if w.copied_straight}
+        assert "qms.quality_event" in straight
+        assert "qms.dead_letter" in straight
+        assert "qms.incident" not in straight  # upserted
+        assert "qms.incident_member" not in straight  # every view re-sends its members
+        assert "qms.golden_record" not in straight
+        assert all(w.upsert is None for b in BINDINGS for w in b.writes if w.table in straight)
+
+    def test_rows_without_a_repeated_key_are_copied_as_they_are(self) -> None:
+        """No key twice: the very rows, in their order."""
+        (write,) = binding("quality.alerts.v1").writes
+        rows = [
+            write.to_rows(records.alert(f"lot:L{n}"), at("quality.alerts.v1"))[0] for n in range(3)
+        ]
+        assert _first_per_key(write, rows) is rows
+
+    def test_a_key_met_twice_keeps_the_lowest_offset(self) -> None:
+        """As the staged INSERT's DISTINCT ON (key) … ORDER BY kafka_offset keeps."""
+        (write,) = binding("quality.alerts.v1").writes
+        record = records.alert("lot:L1")
+        later, earlier = (
+            write.to_rows(record, Coordinates("env.quality.alerts.v1", p, o))[0]
+            for p, o in ((0, 9), (1, 4))
+        )
+        other = write.to_rows(records.alert("lot:L2"), at("quality.alerts.v1"))[0]
+        kept = _first_per_key(write, [later, other, earlier])
+        assert sorted(kept, key=lambda r: r[-1]) == [earlier, other]
