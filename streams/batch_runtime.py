@@ -367,6 +367,7 @@ class BatchRuntime:
         limit = self._processor.quality.limit(datetime.now(UTC))
         marked: Counter[int] = Counter()
         processor = self._processor
+        processor.counted.clear()  # a retried batch counts its records once
         for record in records:
             tables.partition = record.partition
             if processor.on_record(record, outputs, tables, after, limit) is not None:
@@ -374,7 +375,6 @@ class BatchRuntime:
         processor.sweep(marked, tables)
         for (topic, event_type), n in processor.counted.items():
             telemetry.record_event("in", "product-lines", topic, event_type, n)
-        processor.counted.clear()
         await self._deliver(outputs, tables)
         return outputs, after
 
