@@ -42,7 +42,7 @@ DEDUP_TABLE = "dedup-seen"
 _MISSING = object()
 #: records between restore progress lines
 _PROGRESS_EVERY = 100_000
-_RESTORE_POLL_SECONDS = 1.0
+_RESTORE_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,7 @@ class ChangelogState:
             }
         )
         try:
-            restored = 0
-            for name in self.names:
-                restored += self._restore_table(consumer, name, partitions)
+            restored = self._restore_tables(consumer, partitions)
         finally:
             consumer.close()
         for partition in partitions:
@@ -170,52 +168,59 @@ class ChangelogState:
                 rows = partitions[partition] = {}
         return rows
 
-    def _restore_table(self, consumer: Consumer, name: str, partitions: set[int]) -> int:
-        topic = self.changelog_topic(name)
-        ends: dict[int, int] = {}
-        starts: dict[int, int] = {}
-        for partition in partitions:
-            rows = self._rows(name, partition)
-            start = rows.offset if isinstance(rows, MarkStore) else None
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
-            if start is not None and not low <= start <= high:
-                log.warning(
-                    "%s[%d]: local store at %d, log %d..%d: read whole",
-                    topic,
-                    partition,
-                    start,
-                    low,
-                    high,
-                )
-                rows.clear()
-                start = None
-            if high > max(low, start or 0):
-                ends[partition] = high
-                starts[partition] = OFFSET_BEGINNING if start is None else start
+    def _restore_tables(self, consumer: Consumer, partitions: set[int]) -> int:
+        """Read every table's changelog partitions at once: one assignment, one fetch loop.
+
+        (Table after table, each small table waited out a poll of its own: 3 s for 71 records.)
+        """
+        names = {self.changelog_topic(name): name for name in self.names}
+        ends: dict[tuple[str, int], int] = {}
+        starts: list[TopicPartition] = []
+        for topic, name in names.items():
+            for partition in partitions:
+                rows = self._rows(name, partition)
+                start = rows.offset if isinstance(rows, MarkStore) else None
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
+                if start is not None and not low <= start <= high:
+                    log.warning(
+                        "%s[%d]: local store at %d, log %d..%d: read whole",
+                        topic,
+                        partition,
+                        start,
+                        low,
+                        high,
+                    )
+                    rows.clear()
+                    start = None
+                if high > max(low, start or 0):
+                    ends[(topic, partition)] = high
+                    first = OFFSET_BEGINNING if start is None else start
+                    starts.append(TopicPartition(topic, partition, first))
         if not ends:
             return 0
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-        tables = self.values[name]
+        consumer.assign(starts)
         restored = 0
         while ends:
             for message in consumer.consume(10_000, _RESTORE_POLL_SECONDS):
+                topic = message.topic() or ""
                 if message.error() is not None:
                     raise RuntimeError(f"restoring {topic}: {message.error()}")
-                partition, offset = message.partition() or 0, message.offset() or 0
-                if partition not in ends or offset >= ends[partition]:
+                at = (topic, message.partition() or 0)
+                offset = message.offset() or 0
+                if at not in ends or offset >= ends[at]:
                     continue
                 key = orjson.loads(message.key() or b"null")
                 raw = message.value()
-                rows = tables[partition]
+                rows = self.values[names[topic]][at[1]]
                 if raw is None:
                     rows.pop(key, None)
                 else:
                     rows[key] = orjson.loads(raw)
                 restored += 1
                 if restored % _PROGRESS_EVERY == 0:
-                    log.info("restoring %s: %d records", topic, restored)
-                if offset + 1 >= ends[partition]:
-                    del ends[partition]
+                    log.info("restoring changelogs: %d records", restored)
+                if offset + 1 >= ends[at]:
+                    del ends[at]
                     if isinstance(rows, MarkStore):
                         rows.offset = offset + 1
         consumer.unassign()
