@@ -40,10 +40,22 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-@lru_cache(maxsize=4096)  # keys are product lines: a few dozen, hashed in Python per record
+#: longest key whose partition is remembered: keys come from producers before any limit is
+#: checked, and 4,096 remembered 1 MiB keys would hold 4 GiB
+CACHED_KEY_BYTES = 256
+
+
 def partition_for(key: str | bytes, partitions: int) -> int:
     """The partition Java's producer picks for a keyed record: toPositive(murmur2(key)) % n."""
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, got {partitions}")
+    if len(key) <= CACHED_KEY_BYTES:
+        return _remembered_partition(key, partitions)
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+
+
+@lru_cache(maxsize=4096)  # keys are product lines: a few dozen, hashed in Python per record
+def _remembered_partition(key: str | bytes, partitions: int) -> int:
     raw = key.encode("utf-8") if isinstance(key, str) else key
     return (murmur2(raw) & 0x7FFFFFFF) % partitions

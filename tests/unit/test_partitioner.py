@@ -45,3 +45,14 @@ class TestPartitionFor:
         """A topic without partitions is a configuration error, not a modulo by zero."""
         with pytest.raises(ValueError, match="at least one partition"):
             partition_for("catheters", 0)
+
+
+def test_a_long_key_is_partitioned_but_not_remembered() -> None:
+    """A producer's megabyte keys must not pile up in the partition cache."""
+    from qmsflow.partitioner import CACHED_KEY_BYTES, _remembered_partition
+
+    long_key = b"x" * (CACHED_KEY_BYTES + 1)
+    before = _remembered_partition.cache_info().currsize
+    assert partition_for(long_key, 6) == (murmur2(long_key) & 0x7FFFFFFF) % 6
+    assert _remembered_partition.cache_info().currsize == before
+    assert partition_for(b"catheters", 6) == partition_for("catheters", 6)
