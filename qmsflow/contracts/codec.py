@@ -11,7 +11,9 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.validation import validate
 
-from qmsflow.contracts.framing import frame, unframe
+from qmsflow.contracts.compiled_reader import RecordReader, compile_reader
+from qmsflow.contracts.compiled_writer import RecordWriter, compile_writer
+from qmsflow.contracts.framing import HEADER_SIZE, frame, unframe
 from qmsflow.contracts.registry import RegisteredSchema, SchemaRegistry
 from qmsflow.errors import DecodeError, EncodeError, WrongSubjectError
 
@@ -29,6 +31,9 @@ _BODY_ERRORS = (
     MemoryError,
     SchemaResolutionError,
 )
+
+#: not compiled yet (None means: the schema is not compilable)
+_UNCOMPILED: Any = object()
 
 # What fastavro's writer raises on a record that does not fit the schema.
 _RECORD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error)
@@ -53,6 +58,10 @@ class AvroCodec:
     def __init__(self, registry: SchemaRegistry) -> None:
         self._registry = registry
         self._newest: dict[str, RegisteredSchema] = {}
+        #: schema id → its compiled writer, None where the schema has a shape it does not cover
+        self._compiled: dict[int, RecordWriter | None] = {}
+        #: schema id → its compiled reader (used when the record is read as its own schema)
+        self._compiled_readers: dict[int, RecordReader | None] = {}
 
     def decode(self, data: bytes, reader_subject: str) -> DecodedRecord:
         """Read framed bytes with their writer schema, resolved into reader_subject's newest.
@@ -69,6 +78,18 @@ class AvroCodec:
                 "another subject"
             )
         reader = self._reader(reader_subject)
+        if reader.schema_id == writer.schema_id and data.__class__ is bytes:
+            compiled = self._compiled_readers.get(schema_id, _UNCOMPILED)
+            if compiled is _UNCOMPILED:
+                compiled = self._compiled_readers[schema_id] = compile_reader(writer.parsed)
+            if compiled is not None:
+                try:
+                    record, end = compiled(data, HEADER_SIZE)
+                except Exception:
+                    pass
+                else:
+                    if end == len(data):
+                        return DecodedRecord(record, writer)
         stream = BytesIO(body)
         try:
             # the same id means the same schema: skip resolution entirely
@@ -103,6 +124,14 @@ class AvroCodec:
         field(s) when the record does not fit the schema.
         """
         writer = self._reader(subject)
+        compiled = self._compiled.get(writer.schema_id, _UNCOMPILED)
+        if compiled is _UNCOMPILED:
+            compiled = self._compiled[writer.schema_id] = compile_writer(writer.parsed)
+        if compiled is not None:
+            try:
+                return frame(writer.schema_id, compiled(record))
+            except Exception:
+                pass
         stream = BytesIO()
         try:
             schemaless_writer(stream, writer.parsed, record, strict_allow_default=True)
