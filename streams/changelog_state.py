@@ -270,7 +270,7 @@ class ChangelogState:
                 self.changelog_topic(name),
                 partition,
                 orjson.dumps(key),
-                None if value is None else orjson.dumps(value),
+                None if value is None else orjson.dumps(value, default=stored_form),
             )
             for (name, key), (partition, value) in writes.items()
         ]
@@ -322,6 +322,18 @@ class ChangelogState:
             store = self.values[DEDUP_TABLE].get(partition)
             if isinstance(store, MarkStore) and topic == self.changelog_topic(DEDUP_TABLE):
                 store.offset = end
+
+
+def stored_form(value: Any) -> Any:
+    """The JSON-able form of a table value kept as an object (its `to_dict()`).
+
+    Objects live in the tables between batches; only the changelog (and a Faust table) gets
+    their dict, the format Faust's own tables hold, so either runtime restores the other's.
+    """
+    to_dict = getattr(value, "to_dict", None)
+    if to_dict is None:
+        raise TypeError(f"a table value must be JSON-able or have to_dict(), got {value!r}")
+    return to_dict()
 
 
 class BatchTables:

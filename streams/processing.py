@@ -76,6 +76,7 @@ from qmsflow.kafka.headers import header_pairs
 from qmsflow.quality.dead_letter import DEFAULT_MAX_BYTES, dead_letter
 from qmsflow.quality.event import Coordinates
 from qmsflow.quality.ingest import DEAD_LETTER_SUBJECT
+from streams.changelog_state import stored_form
 from streams.offset_guard import offset_guard
 from streams.outbox import CONTENT_TYPE, Outbox
 
@@ -578,6 +579,8 @@ class StagedWrites:
                 handling(event)
             if value is None:
                 table.pop(key, None)
+            elif hasattr(value, "to_dict"):  # an object kept by the batch runtime's tables
+                table[key] = stored_form(value)
             else:
                 table[key] = value
         self._writes.clear()

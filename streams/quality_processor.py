@@ -89,7 +89,12 @@ class Tables(Protocol):
         """The value as it will be once the batch's writes are applied."""
 
     def put(self, table: str, key: str, value: Any) -> None:
-        """Stage a write to the current input's partition; None deletes the key."""
+        """Stage a write to the current input's partition; None deletes the key.
+
+        A value is JSON-able, or an object with `to_dict()` (a lot's hold): kept as the object
+        between batches, its dict written to the changelog (streams/changelog_state.py
+        `stored_form`), so a busy lot's state is not rebuilt from JSON for every event.
+        """
 
     def rows(self, table: str) -> Iterable[tuple[str, Any]]:
         """Every stored row of the table in the partitions this worker holds."""
@@ -296,7 +301,11 @@ class QualityProcessor:
         command_headers = [*headers, (SYNTHETIC_HEADER, b"true")] if event["synthetic"] else headers
         for lot in lots_touched(event, self._quarantine_rules, self._index):
             stored = tables.get("lot-holds", lot)
-            hold = None if stored is None else LotHoldState.from_dict(stored)
+            hold = (
+                stored
+                if stored is None or isinstance(stored, LotHoldState)
+                else LotHoldState.from_dict(stored)  # as restored from the changelog
+            )
             new_hold, commands = decide(hold, lot, event, self._quarantine_rules)
             for command in commands:
                 out.add(
@@ -320,7 +329,7 @@ class QualityProcessor:
                         out.add("ops.sla-breaches.v1", SLA_BREACH_SUBJECT, line, breach, headers)
                 verdicts.extend(measured)
             if new_hold is not None and new_hold != hold:
-                tables.put("lot-holds", lot, new_hold.to_dict())
+                tables.put("lot-holds", lot, new_hold)
         if event["event_type"] in DUE_DATE_FIELD:
             self._track(event, partition, out, tables, headers)
         root_cause = self._correlation_rules.root_cause_key(event)

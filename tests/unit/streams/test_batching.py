@@ -9,6 +9,7 @@ import faust
 from faust.streams import current_event
 
 from qmsflow import telemetry
+from qmsflow.quality.quarantine import LotHoldState
 from streams.processing import BatchOutbox, StagedWrites, handling
 
 
@@ -113,6 +114,15 @@ class TestStagedWrites:
         writes.put(table, "lot-1", {"held": True})
         assert writes.get(table, "lot-1") == {"held": True}
         assert "lot-1" not in table
+
+    def test_an_object_is_read_back_as_staged_and_written_to_faust_as_its_dict(self) -> None:
+        """A lot's hold staged as an object: the batch reads the object, the table gets JSON."""
+        table, writes = FakeTable(), StagedWrites()
+        hold = LotHoldState("LOT-1", "ON_HOLD", 1)
+        writes.put(table, "LOT-1", hold)
+        assert writes.get(table, "LOT-1") is hold
+        writes.apply()
+        assert table["LOT-1"] == hold.to_dict()
 
     def test_each_write_is_applied_for_the_input_that_staged_it(self) -> None:
         """Faust picks a key's changelog partition from the current input, so apply restores it."""

@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 from confluent_kafka import KafkaError
 
+from qmsflow.quality.quarantine import HoldReason, LotHoldState
 from qmsflow.settings import Settings
 from streams.batch_runtime import (
     DeliveryInterrupted,
@@ -59,6 +61,33 @@ class TestBatchTables:
         assert orjson.loads(records[0].key) == "LOT-1"  # Faust's json key codec
         assert orjson.loads(records[0].value or b"") == {"held": True}
         assert records[1].value is None  # a tombstone
+
+    def test_a_hold_stays_an_object_and_its_changelog_record_is_its_dict(self) -> None:
+        """A lot's hold is kept as the object; the changelog gets `to_dict()`, Faust's format."""
+        state = _state()
+        tables = BatchTables(state)
+        hold = LotHoldState(
+            "LOT-1",
+            "ON_HOLD",
+            1,
+            {"QMS:nonconformance:NCR-1": HoldReason("e1", "nonconformance", "NCR-1", "NCR open")},
+            {"QMS:nonconformance:NCR-1": NOW},
+            {"QMS:nonconformance:NCR-1": "e1"},
+        )
+        tables.put("lot-holds", "LOT-1", hold)
+        (record,) = state.changelog_records(tables.writes)
+        assert orjson.loads(record.value or b"") == orjson.loads(orjson.dumps(hold.to_dict()))
+        assert LotHoldState.from_dict(orjson.loads(record.value or b"")) == hold
+        _apply(state, tables)
+        assert state.get("lot-holds", "LOT-1", 0) is hold
+
+    def test_a_value_neither_json_nor_with_to_dict_is_refused(self) -> None:
+        """An object the changelog cannot hold fails the batch instead of writing garbage."""
+        state = _state()
+        tables = BatchTables(state)
+        tables.put("lot-holds", "LOT-1", object())
+        with pytest.raises(TypeError):
+            state.changelog_records(tables.writes)
 
     def test_changelog_records_keep_the_order_of_the_last_write(self) -> None:
         """A key written twice is written once, after the keys written in between."""
