@@ -359,27 +359,35 @@ class TestProduction:
             (int(port), "http")
         ]
 
-    def test_scaling_watches_the_services_own_groups(
-        self, production_manifests: list[Manifest]
-    ) -> None:
-        """KEDA scales each workload on the consumer group the code itself uses."""
+    @pytest.mark.parametrize("runtime", ["faust", "batch"])
+    def test_scaling_watches_the_services_own_groups(self, helm: Path, runtime: str) -> None:
+        """KEDA scales each workload on the consumer groups the code itself uses.
+
+        Under the batch runtime the worker has two: Faust's (correlation, golden records) and
+        the one reading the ingest topics.
+        """
+        manifests = render(helm, "-f", str(PRODUCTION_VALUES), "--set", f"worker.runtime={runtime}")
         values = yaml.safe_load(PRODUCTION_VALUES.read_text("utf-8"))
-        settings = Settings(app_id=values["appId"], topic_prefix=values["topicPrefix"])
+        settings = Settings(
+            app_id=values["appId"], topic_prefix=values["topicPrefix"], worker_runtime=runtime
+        )
         expected = {
-            "StatefulSet": settings.topic(settings.app_id),  # Faust's group is its app id
-            "Deployment": settings.topic(f"{settings.app_id}-sink"),  # run_sink's group
+            "StatefulSet": sorted({settings.worker_group, settings.ingest_group}),
+            "Deployment": [settings.topic(f"{settings.app_id}-sink")],  # run_sink's group
         }
-        names = {f"{d['kind']}/{d['metadata']['name']}" for d in production_manifests}
-        scaled = by_kind(production_manifests, "ScaledObject")
+        names = {f"{d['kind']}/{d['metadata']['name']}" for d in manifests}
+        scaled = by_kind(manifests, "ScaledObject")
         assert len(scaled) == 2
         for obj in scaled:
             target = obj["spec"]["scaleTargetRef"]
             assert f"{target['kind']}/{target['name']}" in names
-            trigger = obj["spec"]["triggers"][0]
-            assert trigger["metadata"]["consumerGroup"] == expected[target["kind"]]
-        assert all(
-            "replicas" not in d["spec"] for d in by_kind(production_manifests, "StatefulSet")
-        )
+            groups = sorted(t["metadata"]["consumerGroup"] for t in obj["spec"]["triggers"])
+            assert groups == expected[target["kind"]]
+        (worker,) = by_kind(manifests, "StatefulSet")
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["QMSFLOW_WORKER_RUNTIME"] == runtime
+        assert all("replicas" not in d["spec"] for d in by_kind(manifests, "StatefulSet"))
 
     def test_kafka_credentials_are_per_service(self, production_manifests: list[Manifest]) -> None:
         """Each component authenticates with its own account's Secret."""
