@@ -48,7 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -92,6 +92,10 @@ _TRANSIENT_ERRORS = frozenset(
 )
 
 
+#: record headers as confluent-kafka's produce() types them
+_Headers = list[tuple[str, str | bytes | None]] | None
+
+
 class RecordRejected(Exception):
     """The broker refused one of the batch's outputs for its own sake (too large)."""
 
@@ -114,15 +118,21 @@ def delivery_failure(error: KafkaError) -> Exception:
 class Deliveries:
     """Records produced for one step of a batch, and their delivery reports."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, track_ends: bool = False) -> None:
         self._producer = producer
         self.sent = 0
         self.reported = 0
         self.error: KafkaError | None = None
-        #: (topic, partition) → the offset after the last record delivered there
+        #: (topic, partition) → the offset after the last record delivered there (track_ends)
         self.ends: dict[tuple[str, int], int] = {}
+        self._on_delivery = self._report_end if track_ends else self._report
 
     def _report(self, error: KafkaError | None, message: Message) -> None:
+        self.reported += 1
+        if error is not None and self.error is None:
+            self.error = error
+
+    def _report_end(self, error: KafkaError | None, message: Message) -> None:
         self.reported += 1
         if error is not None:
             if self.error is None:
@@ -136,7 +146,7 @@ class Deliveries:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
         """Queue one record; a full local queue is drained first (never dropped)."""
@@ -147,8 +157,8 @@ class Deliveries:
                     topic,
                     value,
                     key,
-                    headers=list(headers or ()),
-                    on_delivery=self._report,
+                    headers=cast(_Headers, headers),  # a list, as librdkafka requires
+                    on_delivery=self._on_delivery,
                     **extra,
                 )
                 break
@@ -394,7 +404,7 @@ class BatchRuntime:
         self, records: Sequence[ChangelogRecord]
     ) -> dict[tuple[str, int], int]:
         """Produce the changelog records and await them; where each changelog partition ends."""
-        deliveries = Deliveries(self._producer)
+        deliveries = Deliveries(self._producer, track_ends=True)
         for record in records:
             deliveries.produce(record.topic, record.key, record.value, partition=record.partition)
         await deliveries.settled()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from confluent_kafka import KafkaError
 from qmsflow.quality.quarantine import HoldReason, LotHoldState
 from qmsflow.settings import Settings
 from streams.batch_runtime import (
+    Deliveries,
     DeliveryInterrupted,
     RecordRejected,
     delivery_failure,
@@ -175,6 +177,42 @@ class TestDeliveryFailures:
         assert failure_kind(too_large) is FailureKind.RECORD
         assert failure_kind(timed_out) is FailureKind.TRANSIENT
         assert failure_kind(refused) is FailureKind.INFRASTRUCTURE
+
+
+class FakeProducer:
+    """Unit-test fake of confluent-kafka's Producer: reports each record delivered at once."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def produce(self, topic: str, value: Any, key: Any, **kwargs: Any) -> None:
+        """Deliver at the next offset of the topic-partition, reporting at once."""
+        partition = kwargs.get("partition", 0)
+        offset = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = offset + 1
+        kwargs["on_delivery"](None, FakeDelivered(topic, partition, offset))
+
+
+class FakeDelivered:
+    """A delivered record as the fake producer reports it (the Message methods used)."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic = lambda: topic
+        self.partition = lambda: partition
+        self.offset = lambda: offset
+
+
+class TestDeliveries:
+    def test_only_changelog_deliveries_keep_where_each_partition_ends(self) -> None:
+        """Changelog ends tell a mark store where its restore resumes; outputs need none."""
+        producer = FakeProducer()
+        outputs = Deliveries(producer)  # type: ignore[arg-type]
+        outputs.produce("t.quality.events.v1", b"k", b"v", [])
+        changelog = Deliveries(producer, track_ends=True)  # type: ignore[arg-type]
+        for _ in range(3):
+            changelog.produce("t.qmsflow-dedup-changelog", b"k", b"v", partition=2)
+        assert (outputs.sent, outputs.reported, outputs.ends) == (1, 1, {})
+        assert changelog.ends == {("t.qmsflow-dedup-changelog", 2): 3}
 
 
 class TestMarksOnDisk:
