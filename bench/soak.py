@@ -121,6 +121,8 @@ def soak(base: Settings, seconds: float, rate: float, interval: float) -> dict[s
         "parameters": {
             "seconds": seconds,
             "rate_per_second": rate,
+            # the worker inherits this process's environment (QMSFLOW_WORKER_RUNTIME)
+            "worker_runtime": settings.worker_runtime,
             "interval_seconds": interval,
             "duplicate_rate": DUPLICATES,
             "warmup_seconds": warmup,
