@@ -66,10 +66,14 @@ class Upsert:
     key columns, in ORDER BY syntax); `replaces_when` is the ON CONFLICT … WHERE condition over
     the stored row (the table's name) and the incoming one (`EXCLUDED`). Both must agree: the
     row a batch keeps is the row the batch's records, applied one by one, would have left.
+    `rank` is `newest_first` in Python, over a row as a column → value mapping: the row of
+    lowest rank is the first; the sink narrows a batch with it before sending it, so the
+    staging table gets one row per key (a test holds it to the ORDER BY, in Postgres).
     """
 
     newest_first: tuple[str, ...]
     replaces_when: str
+    rank: Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -799,6 +803,7 @@ INCIDENT_UPSERT = Upsert(
         "qms.incident.revision < EXCLUDED.revision OR (qms.incident.revision = EXCLUDED.revision"
         " AND qms.incident.status = 'open' AND EXCLUDED.status = 'closed')"
     ),
+    rank=lambda r: (-r["revision"], r["status"] != "closed", -r["kafka_offset"]),
 )
 
 
@@ -810,6 +815,7 @@ INCIDENT_UPSERT = Upsert(
 GOLDEN_RECORD_UPSERT = Upsert(
     newest_first=("kafka_offset DESC",),
     replaces_when="qms.golden_record.kafka_offset < EXCLUDED.kafka_offset",
+    rank=lambda r: (-r["kafka_offset"],),
 )
 
 #: a version's row is written open (valid_to NULL) and later closed: the closing row replaces
@@ -817,6 +823,7 @@ GOLDEN_RECORD_UPSERT = Upsert(
 GOLDEN_HISTORY_UPSERT = Upsert(
     newest_first=("(valid_to IS NULL)", "kafka_offset"),
     replaces_when=("qms.golden_record_history.valid_to IS NULL AND EXCLUDED.valid_to IS NOT NULL"),
+    rank=lambda r: (r["valid_to"] is None, r["kafka_offset"]),
 )
 
 

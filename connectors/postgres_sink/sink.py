@@ -37,6 +37,9 @@ Commit protocol (implemented here and nowhere else):
      INSERT per staged table);
   5. only after the commit is the offset also committed to Kafka (asynchronously, so lag tools
      see progress; step 1 never reads it back).
+`run_sink` runs steps 3–5 of one batch in a writer thread while the main thread consumes and
+decodes the next (`WritePipeline`): one batch in flight at most, its Kafka commit made by the
+main thread once the write has returned, a failed batch put back in front of the next.
 A crash anywhere before step 4's COMMIT leaves neither rows nor offsets, so the records are read
 again (a dead letter already published is published again under its deterministic id, and
 `qms.dead_letter` stores it once); a crash after it finds the offsets stored, so they are not.
@@ -57,15 +60,17 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from threading import Event
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from confluent_kafka import (
@@ -84,7 +89,7 @@ from qmsflow import telemetry
 from qmsflow.audit import append_audit_trail
 from qmsflow.contracts import AvroCodec, open_registry
 from qmsflow.errors import ContractError
-from qmsflow.kafka.headers import Headers, header_pairs
+from qmsflow.kafka.headers import Headers
 from qmsflow.kafka.security import librdkafka_security
 from qmsflow.logging_setup import configure_logging
 from qmsflow.quality.dead_letter import DEFAULT_MAX_BYTES, dead_letter
@@ -102,6 +107,10 @@ _LAG_INTERVAL = 10.0
 #: most this often
 _RECONNECT_FIRST_SECONDS = 0.5
 _RECONNECT_MAX_SECONDS = 5.0
+#: seconds of one consume call: how soon the main thread sees a write end (or a stop)
+_CONSUME_SLICE = 0.01
+#: seconds a thread holds the GIL while another waits for it (CPython's default is 0.005)
+_SWITCH_INTERVAL = 0.0005
 #: the logical dead-letter topic: its records are never dead-lettered again (that would loop)
 DEAD_LETTER_TOPIC = "quality.dlq.v1"
 
@@ -180,6 +189,38 @@ class BufferedRecord:
     rows: list[tuple[str, list[Row]]]
 
 
+@dataclass(slots=True)
+class Batch:
+    """What the sink buffered since its last write: rows, records, offsets, dead letters.
+
+    The unit of one transaction (protocol step 4): `run_sink` hands a filled batch to its writer
+    thread and fills the next meanwhile; a batch that fails is put back in front of the next.
+    """
+
+    rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
+    records: list[BufferedRecord] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    dead: list[dict[str, Any]] = field(default_factory=list)
+    dead_published: int = 0  # of the dead letters, already acknowledged by the broker
+    messages: int = 0  # Kafka records added
+    traced: list[tuple[str, Headers]] = field(default_factory=list)  # (logical topic, headers)
+
+    @property
+    def pending(self) -> int:
+        """Rows and dead letters in the batch."""
+        return sum(len(r) for r in self.rows.values()) + len(self.dead)
+
+    def extend(self, later: Batch) -> None:
+        """Append a batch of later records (the one filled while this one was being written)."""
+        for table, rows in later.rows.items():
+            self.rows[table].extend(rows)
+        self.records.extend(later.records)
+        self.next_offsets.update(later.next_offsets)  # a later offset of a partition wins
+        self.dead.extend(later.dead)  # not yet published: they follow this batch's own
+        self.messages += later.messages
+        self.traced.extend(later.traced)
+
+
 @dataclass
 class SinkStats:
     """What the sink has done since it started."""
@@ -214,14 +255,14 @@ class PostgresSink:
         self._writes = {w.table: w for b in bindings for w in b.writes}
         self._publish_dead_letters = dead_letters
         self._dead_letter_max_bytes = dead_letter_max_bytes
-        self._rows: dict[str, list[Row]] = defaultdict(list)
-        self._records: list[BufferedRecord] = []
-        self._next_offsets: dict[tuple[str, int], int] = {}
-        self._dead: list[dict[str, Any]] = []
-        self._dead_published = 0  # of this batch's dead letters, already acknowledged
+        self._batch = Batch()  # the one add() fills
         # whether the next batch is tried straight (step 4): not while a replay meets stored keys
         self._straight = True
         self._audit_known = 0  # records of the last tables written already in the audit trail
+        # staging tables created on this connection by a committed transaction: a rolled-back
+        # one takes its CREATE with it
+        self._staging_made: set[str] = set()
+        self._staging_making: set[str] = set()
         self.stats = SinkStats()
 
     @property
@@ -232,7 +273,36 @@ class PostgresSink:
     @property
     def pending(self) -> int:
         """Rows and dead letters buffered since the last flush."""
-        return sum(len(r) for r in self._rows.values()) + len(self._dead)
+        return self._batch.pending
+
+    @property
+    def buffered(self) -> int:
+        """Kafka records added since the last flush (or `detach`)."""
+        return self._batch.messages
+
+    @property
+    def _rows(self) -> dict[str, list[Row]]:
+        return self._batch.rows
+
+    @property
+    def _dead(self) -> list[dict[str, Any]]:
+        return self._batch.dead
+
+    def trace(self, logical_topic: str, headers: Headers) -> None:
+        """Note a traced record of the batch being filled: its span ends with the batch."""
+        self._batch.traced.append((logical_topic, headers))
+
+    def prepare(self) -> None:
+        """Create this session's staging tables of the tables always written staged.
+
+        Outside any batch: a new session's first batch need not pay for the CREATEs (a table
+        staged only to replay a redelivery gets its staging table when first needed).
+        """
+        staged = [w for w in self._writes.values() if not w.copied_straight]
+        with self._conn.transaction():
+            for write in staged:
+                self._conn.execute(_make_staging(write))
+        self._staging_made.update(w.table for w in staged)
 
     def stored_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The next offset to read per (topic, partition), from `qms.sink_offsets`."""
@@ -258,6 +328,8 @@ class PostgresSink:
     ) -> None:
         """Buffer one record (step 2)."""
         binding = self._bindings[topic]
+        batch = self._batch
+        batch.messages += 1
         at = Coordinates(topic, partition, offset)
         try:
             lifted = binding.fields_from_headers(headers)
@@ -268,60 +340,86 @@ class PostgresSink:
                 record = {**decoded.record, **lifted} if lifted else decoded.record
                 # map every table's rows before buffering any, so a record is all rows or none
                 mapped = [(w.table, w.to_rows(record, at)) for w in binding.writes]
+            rows_by_table = batch.rows
             for table, rows in mapped:
-                self._rows[table].extend(rows)
+                rows_by_table[table].extend(rows)
             if mapped:
-                self._records.append(BufferedRecord(at, key, value, headers, timestamp_ms, mapped))
+                batch.records.append(BufferedRecord(at, key, value, headers, timestamp_ms, mapped))
         except (ContractError, KeyError, TypeError, ValueError) as error:
-            self._dead.append(self._dead_letter(error, at, key, value, headers, timestamp_ms))
-        self._next_offsets[(topic, partition)] = offset + 1
+            batch.dead.append(self._dead_letter(error, at, key, value, headers, timestamp_ms))
+        batch.next_offsets[(topic, partition)] = offset + 1
 
     def flush(self) -> dict[tuple[str, int], int]:
         """Write everything buffered (steps 3–4a); return the offsets now committed.
 
         On an error other than a rejected row, the buffer is kept: flushing again retries it.
         """
-        if not self._next_offsets:
+        batch = self._batch
+        committed = self.write(batch)
+        if self._batch is batch:
+            self._batch = Batch()
+        return committed
+
+    def detach(self) -> Batch:
+        """Take the buffered batch out, to be written by `write` while `add` fills a new one."""
+        batch, self._batch = self._batch, Batch()
+        return batch
+
+    def restore(self, batch: Batch) -> None:
+        """Put back a batch whose write failed, in front of what was buffered since."""
+        batch.extend(self._batch)
+        self._batch = batch
+
+    def write(self, batch: Batch) -> dict[tuple[str, int], int]:
+        """Write one batch (steps 3–4a); return the offsets now committed.
+
+        The batch itself is left as it was but for its dead letters' acknowledgement: on an
+        error other than a rejected row, writing it again retries it. The connection must not
+        be used by another thread meanwhile.
+        """
+        if not batch.next_offsets:
             return {}
         started = time.perf_counter()
-        if len(self._dead) > self._dead_published:
-            self._publish(self._dead[self._dead_published :])
-            self._dead_published = len(self._dead)
+        if len(batch.dead) > batch.dead_published:
+            self._publish(batch.dead[batch.dead_published :])
+            batch.dead_published = len(batch.dead)
         rejected: list[tuple[BufferedRecord, psycopg.Error]] = []
         relettered = 0
         written: dict[str, int]
+        self._staging_making.clear()
         try:
-            written = self._write_batch()
+            written = self._write_batch(batch)
         except psycopg.Error as error:
             if database_verdict(error, connection_closed=self._conn.closed) is not (
                 DatabaseVerdict.REJECT_RECORD
             ):
                 raise
             log.warning("Postgres refused the batch (%s); finding the records at fault", error)
+            self._staging_making.clear()  # rolled back with the transaction
             written = defaultdict(int)
             with self._conn.transaction():
-                self._write_bisected(self._records, written, rejected, known_to_fail=True)
+                self._write_bisected(batch.records, written, rejected, known_to_fail=True)
                 relettered = self._reject(rejected)
-                self._store_offsets()
-        committed = dict(self._next_offsets)
+                self._store_offsets(batch.next_offsets)
+        self._staging_made |= self._staging_making
+        committed = dict(batch.next_offsets)
         self.stats.batches += 1
-        self.stats.rows_offered += sum(len(r) for r in self._rows.values())
+        self.stats.rows_offered += sum(len(r) for r in batch.rows.values())
         for table, n in written.items():
             self.stats.by_table[table] += n
         self.stats.rows_inserted += sum(written.values())
         self.stats.records_rejected += len(rejected)
-        self.stats.dead_letters += len(self._dead) + relettered
+        self.stats.dead_letters += len(batch.dead) + relettered
         self.stats.last_flush_seconds = time.perf_counter() - started
-        self.discard()
         return committed
 
-    def _write_batch(self) -> dict[str, int]:
+    def _write_batch(self, batch: Batch) -> dict[str, int]:
         """Step 4 for the whole batch: straight if it may be, staged when a stored key is met."""
         if self._straight:
             try:
                 with self._conn.transaction():
-                    written = self._write_tables(self._rows, straight=True)
-                    self._store_offsets()
+                    written = self._write_tables(batch.rows, straight=True)
+                    self._store_offsets(batch.next_offsets)
                 return written
             except psycopg.errors.UniqueViolation as error:
                 log.info(
@@ -329,15 +427,16 @@ class PostgresSink:
                     error.diag.constraint_name or error,
                 )
                 self._straight = False
+                self._staging_making.clear()  # rolled back with the transaction
         with self._conn.transaction():
-            written = self._write_tables(self._rows, straight=False)
-            self._store_offsets()
+            written = self._write_tables(batch.rows, straight=False)
+            self._store_offsets(batch.next_offsets)
         # a batch whose straight-copied tables took every row, and whose records were none in
         # the audit trail yet, met no stored key: the replay is over, the next batch is tried
         # straight again
         self._straight = self._audit_known == 0 and all(
             written.get(table, 0) == len(rows)
-            for table, rows in self._rows.items()
+            for table, rows in batch.rows.items()
             if self._writes[table].copied_straight
         )
         return written
@@ -362,8 +461,12 @@ class PostgresSink:
             write = writes[table]
             if straight and write.copied_straight:
                 written[table] = _copy_straight(self._conn, write, rows)
+            elif fresh_staging:  # under a savepoint that may roll its CREATE back: made anew
+                written[table] = _write_staged(self._conn, write, rows, fresh_staging=True)
             else:
-                written[table] = _write_staged(self._conn, write, rows, fresh_staging)
+                made = table in self._staging_made or table in self._staging_making
+                written[table] = _write_staged(self._conn, write, rows, create=not made)
+                self._staging_making.add(table)
         # Part 11 audit trail: the regulated records' chained audit rows, in this same
         # transaction (protocol in qmsflow.audit)
         self._audit_known = append_audit_trail(
@@ -468,27 +571,24 @@ class PostgresSink:
             raise RuntimeError("records to dead-letter but no dead-letter publisher configured")
         self._publish_dead_letters(letters)
 
-    def _store_offsets(self) -> None:
+    def _store_offsets(self, next_offsets: Mapping[tuple[str, int], int]) -> None:
         with self._conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO qms.sink_offsets (consumer_group, topic, partition, next_offset)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition)"
                 " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-                [(self._group, t, p, o) for (t, p), o in self._next_offsets.items()],
+                [(self._group, t, p, o) for (t, p), o in next_offsets.items()],
             )
 
     def reconnected(self, conn: psycopg.Connection[Any]) -> None:
         """Continue on a new connection after the old one was lost; the buffer is dropped."""
         self._conn = conn
+        self._staging_made.clear()  # temporary tables died with the old session
         self.discard()
 
     def discard(self) -> None:
         """Drop everything buffered (after a flush, or when partitions are taken away)."""
-        self._rows.clear()
-        self._records.clear()
-        self._next_offsets.clear()
-        self._dead.clear()
-        self._dead_published = 0
+        self._batch = Batch()
 
 
 def _rows_by_table(records: Iterable[BufferedRecord]) -> dict[str, list[Row]]:
@@ -540,6 +640,25 @@ def _first_per_key(write: TableWrite, rows: list[Row]) -> list[Row]:
     return rows if len(first) == len(rows) else list(first.values())
 
 
+def _newest_per_key(write: TableWrite, rows: list[Row]) -> list[Row]:
+    """One row per key of an upserted table: the first by its `Upsert.rank`, as DISTINCT ON keeps.
+
+    The rows themselves when no key repeats.
+    """
+    assert write.upsert is not None
+    rank = write.upsert.rank
+    columns = write.columns
+    positions = [columns.index(c) for c in write.key]
+    kept: dict[Any, tuple[tuple[Any, ...], Row]] = {}
+    for row in rows:
+        key = tuple(row[p] for p in positions)
+        ranked = rank(dict(zip(columns, row, strict=True)))
+        held = kept.get(key)
+        if held is None or ranked < held[0]:
+            kept[key] = (ranked, row)
+    return rows if len(kept) == len(rows) else [row for _, row in kept.values()]
+
+
 def _copy_straight(conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row]) -> int:
     """COPY the batch's first row per key into the table itself; the rows inserted.
 
@@ -553,22 +672,40 @@ def _copy_straight(conn: psycopg.Connection[Any], write: TableWrite, rows: list[
         return cur.rowcount
 
 
+def _staging(write: TableWrite) -> str:
+    return "sink_staging_" + write.table.replace(".", "_")
+
+
+def _make_staging(write: TableWrite) -> str:
+    """The session's staging table of `write`: emptied by every COMMIT, gone with the session."""
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {_staging(write)} "
+        f"(LIKE {write.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+
+
 def _write_staged(
-    conn: psycopg.Connection[Any], write: TableWrite, rows: list[Row], fresh_staging: bool = False
+    conn: psycopg.Connection[Any],
+    write: TableWrite,
+    rows: list[Row],
+    fresh_staging: bool = False,
+    *,
+    create: bool = True,
 ) -> int:
     """COPY into a staging table, then one INSERT that skips (or, upserting, updates) stored keys.
 
     `fresh_staging` empties the staging table first: within one transaction a savepoint that
-    was kept (step 4a) leaves its rows there until COMMIT. Returns the rows inserted or updated.
+    was kept (step 4a) leaves its rows there until COMMIT. `create=False` trusts the session to
+    hold the staging table already (a committed transaction made it): one round trip less.
+    Returns the rows inserted or updated.
     """
-    staging = "sink_staging_" + write.table.replace(".", "_")
+    staging = _staging(write)
     columns = ", ".join(write.columns)
     key = ", ".join(write.key)
-    create = (
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-        f"(LIKE {write.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    conn.execute(f"{create}; DELETE FROM {staging}" if fresh_staging else create)
+    if fresh_staging:
+        conn.execute(f"{_make_staging(write)}; DELETE FROM {staging}")
+    elif create:
+        conn.execute(_make_staging(write))
     if write.upsert is None:
         # A batch may hold one key twice (a republished record). DISTINCT ON keeps the earliest
         # copy, so lineage points at the first delivery.
@@ -582,9 +719,12 @@ def _write_staged(
         on_conflict = (
             f"DO UPDATE SET {assignments}, loaded_at = now() WHERE {write.upsert.replaces_when}"
         )
+    # the batch narrowed to the row per key the INSERT keeps, before sending it: a record's
+    # views and members recur (an incident's every view re-sends them all)
+    narrowed = _first_per_key(write, rows) if write.upsert is None else _newest_per_key(write, rows)
     with conn.cursor() as cur:
         with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
-            for row in rows:
+            for row in narrowed:
                 copy.write_row(row)
         cur.execute(
             f"INSERT INTO {write.table} ({columns}) "
@@ -601,6 +741,17 @@ def run_sink(
     """Consume the sinked topics into Postgres until stopped (SIGTERM, SIGINT or `stop`)."""
     stop = stop or Event()
     _stop_on_signals(stop)
+    # the writer thread waits on Postgres while the main thread decodes: let it have the GIL
+    # back soon after its answer arrives, not after CPython's default 5 ms
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(_SWITCH_INTERVAL)
+    try:
+        return _run_sink(settings, stop, echo)
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+
+def _run_sink(settings: Settings, stop: Event, echo: Callable[[str], None]) -> SinkStats:
     if threading.current_thread() is threading.main_thread():  # a test's thread keeps its logs
         configure_logging(settings, service="sink")
     telemetry.start_telemetry(settings, "qmsflow-sink", metrics_port=settings.sink_metrics_port)
@@ -638,6 +789,7 @@ def run_sink(
         dead_letters=publish_dead_letters,
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
     )
+    sink.prepare()
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -654,7 +806,14 @@ def run_sink(
         }
     )
 
+    pipeline = WritePipeline(
+        sink,
+        lambda batch: _write_traced(sink, batch),
+        lambda offsets: _commit(consumer, offsets),
+    )
+
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+        pipeline.settle()  # the connection is the main thread's again
         stored = sink.stored_offsets((p.topic, p.partition) for p in partitions)
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
@@ -662,24 +821,42 @@ def run_sink(
         echo(f"sink assigned {len(partitions)} partitions, resuming from Postgres offsets")
 
     def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
-        _commit(c, sink.flush())
+        pipeline.drain()
 
     consumer.subscribe(sink.topics, on_assign=on_assign, on_revoke=on_revoke)
     lag_sampled = time.monotonic()
     # per-record spans only when they are exported: unexported, they cost 13% of the sink
     exporting = telemetry.exporting()
     backoff = _RECONNECT_FIRST_SECONDS  # while Postgres is short of resources (53, 58, …)
+    batch_size = settings.sink_batch_size
+    # Batches are filled in slices of consume (so a write that ends is seen soon): one is
+    # written once it has waited the batch timeout, once it holds a fair share of a batch and
+    # no write is in flight, or once a burst ends; while one is written the next fills, up to
+    # a whole batch (a busy sink writes back to back, sizing its batches by the time a write
+    # takes, and decodes while Postgres works). A trickle batches as before: by the timeout.
+    slice_seconds = min(settings.sink_batch_timeout, _CONSUME_SLICE)
+    fair_share = max(batch_size // 8, 1)
+    filling_since = arrived = 0.0  # when the buffered batch got its first and last records
     try:
         while not stop.is_set():
             try:
-                messages = consumer.consume(settings.sink_batch_size, settings.sink_batch_timeout)
-                traced: list[tuple[str, Headers]] = []
+                # no write in flight: a fair share is enough to start one, decoding the rest
+                # while it runs
+                room = (batch_size if pipeline.busy else fair_share) - sink.buffered
+                messages = consumer.consume(room, slice_seconds) if room > 0 else []
+                if messages:
+                    arrived = time.monotonic()
+                    if not sink.buffered:
+                        filling_since = arrived
                 consumed: Counter[str] = Counter()  # counted per batch: a label lookup per record
                 for message in messages:
-                    if _is_error(message):
+                    if message.error() is not None and _is_error(message):
                         continue
-                    headers = header_pairs(message.headers())
+                    # a consumed record's headers are (str, bytes | None) pairs already (its
+                    # type also allows what a producer may pass): header_pairs would copy them
+                    headers = cast(Headers, message.headers() or [])
                     topic = message.topic() or ""
+                    stamp_type, stamp = message.timestamp()
                     sink.add(
                         topic,
                         message.partition() or 0,
@@ -687,17 +864,31 @@ def run_sink(
                         message.key(),
                         message.value(),
                         headers,
-                        message.timestamp()[1] if message.timestamp()[0] else None,
+                        stamp if stamp_type else None,
                     )
-                    logical = topic.removeprefix(settings.topic_prefix)
-                    consumed[logical] += 1
+                    consumed[topic] += 1
                     if exporting and telemetry.header_value(headers, telemetry.TRACEPARENT):
-                        traced.append((logical, headers))
-                for logical, count in consumed.items():
+                        sink.trace(topic.removeprefix(settings.topic_prefix), headers)
+                for topic, count in consumed.items():
+                    logical = topic.removeprefix(settings.topic_prefix)
                     telemetry.record_event("in", "sink", logical, None, count)
-                if sink.pending:
-                    _flush_traced(consumer, sink, traced)
+                if pipeline.busy and sink.buffered < batch_size:
+                    continue  # fill the next batch while this one is written
+                written = pipeline.settle()  # waits only when the next batch is full
+                if written:
                     backoff = _RECONNECT_FIRST_SECONDS
+                if sink.buffered and (
+                    sink.buffered >= fair_share
+                    or time.monotonic() - filling_since >= settings.sink_batch_timeout
+                    # a burst that ended: its records came faster than a fair share per batch
+                    # timeout, then a slice brought none (a trickle still waits out the timeout)
+                    or (
+                        not messages
+                        and sink.buffered * settings.sink_batch_timeout
+                        >= (arrived - filling_since + slice_seconds) * fair_share
+                    )
+                ):
+                    pipeline.submit()
             except psycopg.Error as error:
                 verdict = database_verdict(error, connection_closed=conn.closed)
                 if verdict is DatabaseVerdict.RECONNECT:
@@ -705,7 +896,7 @@ def run_sink(
                     if fresh is None:
                         break  # stopped while waiting for Postgres: the records are read again
                     conn = fresh
-                    sink.reconnected(conn)
+                    sink.reconnected(conn)  # its staging tables are made again when first used
                     _rewind_to_stored(consumer, sink)
                     continue
                 if verdict is DatabaseVerdict.RETRY_BATCH:
@@ -735,8 +926,9 @@ def run_sink(
                 _report_lag(consumer, group)
                 lag_sampled = time.monotonic()
         if not conn.closed:
-            _commit(consumer, sink.flush())
+            pipeline.drain()
     finally:
+        pipeline.close()
         consumer.close()
         conn.close()
     return sink.stats
@@ -782,15 +974,97 @@ def _rewind_to_stored(consumer: Consumer, sink: PostgresSink) -> None:
         consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
 
-def _flush_traced(
-    consumer: Consumer, sink: PostgresSink, traced: list[tuple[str, Headers]]
-) -> None:
-    """Flush and commit in a `sink.batch` span; then one `sink` span per traced record.
+class WritePipeline:
+    """At most one batch in flight: written by a thread of its own while the next one fills.
+
+    The commit protocol is unchanged: a batch's offsets are committed to Kafka (`commit`) only
+    by `settle`, once its write (`write`: one Postgres transaction, offsets included) has
+    returned them; a write that raised commits nothing, and its batch is put back in front of
+    the sink's buffer, to be written again with what was consumed since (or dropped with it on
+    reconnection). The connection is used by one thread at a time: the main thread settles the
+    write in flight before any statement of its own (assignment, revocation, the last flush).
+    """
+
+    def __init__(
+        self,
+        sink: PostgresSink,
+        write: Callable[[Batch], Mapping[tuple[str, int], int]],
+        commit: Callable[[Mapping[tuple[str, int], int]], None],
+    ) -> None:
+        self._sink = sink
+        self._write = write
+        self._commit = commit
+        self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[Future[Mapping[tuple[str, int], int]], Batch] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a write is in flight and not finished yet."""
+        return self._in_flight is not None and not self._in_flight[0].done()
+
+    def submit(self) -> None:
+        """Hand the sink's buffered batch to the writer thread; one must not be in flight."""
+        if self._in_flight is not None:
+            raise RuntimeError("a batch is already in flight: settle it first")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="sink-writer")
+        batch = self._sink.detach()
+        self._in_flight = (self._executor.submit(self._write, batch), batch)
+
+    def settle(self) -> bool:
+        """Wait for the write in flight, then commit its offsets to Kafka; whether one was.
+
+        A write that raised puts its batch back into the sink and raises here.
+        """
+        if self._in_flight is None:
+            return False
+        future, batch = self._in_flight
+        self._in_flight = None
+        try:
+            offsets = future.result()
+        except BaseException:
+            self._sink.restore(batch)
+            raise
+        self._commit(offsets)
+        return True
+
+    def drain(self) -> None:
+        """Settle the write in flight, then write what is buffered here and commit it.
+
+        A write that raises puts its batch back into the sink, as `settle` does.
+        """
+        self.settle()
+        if not self._sink.buffered:
+            return
+        batch = self._sink.detach()
+        try:
+            offsets = self._write(batch)
+        except BaseException:
+            self._sink.restore(batch)
+            raise
+        self._commit(offsets)
+
+    def close(self) -> None:
+        """Wait for a write still in flight (after an error elsewhere) and stop the thread."""
+        if self._in_flight is not None:
+            future, _batch = self._in_flight
+            self._in_flight = None
+            try:
+                self._commit(future.result())
+            except Exception as error:  # the records are read again: nothing was committed
+                log.warning("the last batch was not written (%s)", error)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+def _write_traced(sink: PostgresSink, batch: Batch) -> dict[tuple[str, int], int]:
+    """Write a batch in a `sink.batch` span; then one `sink` span per traced record.
 
     The batch span links (up to 128 of) its records' traces; each record's own span is a child
     of the span that produced the record, covers the batch and links back to it, so an event's
-    trace ends at the transaction that wrote its row.
+    trace ends at the transaction that wrote its row. Returns the offsets committed.
     """
+    traced = batch.traced
     before = dict(sink.stats.by_table)
     links = []
     for _, headers in traced[:_MAX_BATCH_LINKS]:
@@ -802,14 +1076,14 @@ def _flush_traced(
         "sink.batch",
         kind=SpanKind.INTERNAL,
         links=links,
-        attributes={"qmsflow.records": sink.pending},
-    ) as batch:
-        _commit(consumer, sink.flush())
+        attributes={"qmsflow.records": batch.pending},
+    ) as span:
+        committed = sink.write(batch)
     ended_ns = time.time_ns()
     for table, rows in sink.stats.by_table.items():
         if rows > before.get(table, 0):
             telemetry.SINK_ROWS.labels(table).inc(rows - before.get(table, 0))
-    batch_link = [Link(batch.get_span_context())]
+    batch_link = [Link(span.get_span_context())]
     for topic, headers in traced:
         telemetry.record_span(
             "sink",
@@ -819,6 +1093,7 @@ def _flush_traced(
             links=batch_link,
             attributes={"qmsflow.stage": "sink", "messaging.source": topic},
         )
+    return committed
 
 
 def _report_lag(consumer: Consumer, group: str) -> None:
