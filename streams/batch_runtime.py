@@ -50,7 +50,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from qmsflow import telemetry
 from qmsflow.contracts import AvroCodec
@@ -84,6 +91,8 @@ MAX_BUFFERED = 50_000
 #: seconds one flush waits before the loop checks again (librdkafka's own delivery timeout
 #: bounds the whole wait: a report, success or failure, comes for every record)
 _FLUSH_WAIT_SECONDS = 1.0
+#: seconds the committed offsets of a new assignment may take to arrive
+_COMMITTED_TIMEOUT = 10.0
 #: delivery errors that are about the record itself (its size), not the cluster
 _RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
 #: delivery errors a retry may cure although librdkafka does not mark them retriable
@@ -219,6 +228,40 @@ class ProducedOutputs:
             telemetry.record_event("out", "product-lines", topic, event_type, n)
 
 
+def committed_starts(
+    consumer: Consumer, partitions: Sequence[TopicPartition]
+) -> dict[tuple[str, int], int]:
+    """The committed offset of each newly assigned topic-partition that has one.
+
+    One request at assignment; without it (the broker did not answer) a quiet input counts as
+    behind, which costs the merge its idle wait but never its order.
+    """
+    try:
+        stored = consumer.committed(list(partitions), timeout=_COMMITTED_TIMEOUT)
+    except KafkaException as error:
+        log.warning("committed offsets not read (%s): quiet inputs wait out the idle limit", error)
+        return {}
+    return {(tp.topic, tp.partition): tp.offset for tp in stored if tp.offset >= 0}
+
+
+def lagging(consumer: Consumer, key: tuple[str, int], starts: dict[tuple[str, int], int]) -> bool:
+    """Whether the broker holds records of a topic-partition that this consumer has not read.
+
+    librdkafka's position is unknown until a record of the topic-partition has been read, so a
+    quiet input (a product line's recalls) counts from where it started: its committed offset,
+    or without one the log start (`auto.offset.reset` is earliest). Otherwise it looked behind
+    for good, and each of its partition's batches waited out the merge's idle limit.
+    """
+    tp = TopicPartition(*key)
+    low, high = consumer.get_watermark_offsets(tp, cached=True)
+    if high < 0:  # nothing fetched yet: unknown, so possibly behind
+        return True
+    position = consumer.position([tp])[0].offset
+    if position < 0:
+        position = starts.get(key, low)
+    return position < 0 or position < high
+
+
 class BatchRuntime:
     """Consumes the ingest topics in batches and runs the product-line processor on them."""
 
@@ -253,6 +296,8 @@ class BatchRuntime:
         self._next_tick = time.monotonic() + settings.tick_interval
         self._merge = TimestampMerge(max_idle=MAX_IDLE_SECONDS, max_buffered=MAX_BUFFERED)
         self._assigned: set[tuple[str, int]] = set()
+        #: where each assigned topic-partition started: its committed offset
+        self._starts: dict[tuple[str, int], int] = {}
 
     # ---- assignment ---------------------------------------------------------------------
 
@@ -260,6 +305,7 @@ class BatchRuntime:
         held = {tp.partition for tp in partitions}
         log.info("assigned partitions %s of %d topics", sorted(held), len(self._topics))
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._starts = committed_starts(consumer, partitions)
         self._state.hold(held)
         self._processor.quality.forget()  # its indexes are rebuilt from the held tables
 
@@ -324,12 +370,7 @@ class BatchRuntime:
 
     def _lagging(self, key: tuple[str, int]) -> bool:
         """Whether the broker holds records of this topic-partition not fetched yet."""
-        tp = TopicPartition(*key)
-        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-        position = self._consumer.position([tp])[0].offset
-        if high < 0:  # nothing fetched yet: unknown, so possibly behind
-            return True
-        return position < 0 or position < high
+        return lagging(self._consumer, key, self._starts)
 
     async def _handle(self, records: Sequence[RawMessage]) -> None:
         """Steps 1–4 for `records`, with the recovery of the module docstring."""

@@ -16,15 +16,18 @@ import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from qmsflow.demo.produce import produce_demo
 from qmsflow.kafka.admin import consumed_offsets, end_offsets
 from qmsflow.kafka.producer import create_producer
 from qmsflow.settings import Settings
 from qmsflow.topics import load_catalog
+from streams.batch_runtime import committed_starts, lagging
 from tests.integration.pipeline import (
     PipelineProcesses,
     count_rows,
@@ -194,3 +197,109 @@ class TestBatchRuntime:
         )
         assert end_offsets(settings, [canonical])[canonical] == total
         assert count_rows(postgres_dsn, "qms.quality_event", canonical) == total
+
+
+class TestQuietInputs:
+    def test_an_input_read_to_its_committed_end_is_not_behind_until_a_record_arrives(
+        self, kafka_bootstrap: str, topic_prefix: str
+    ) -> None:
+        """A quiet topic-partition counts from its committed offset, not as behind for good.
+
+        librdkafka knows no position before a record is read, so without the committed start
+        every quiet input held its partition's batches for the merge's whole idle limit.
+        """
+        topic = f"{topic_prefix}quiet"
+        settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+        producer = create_producer(settings)
+        for _ in range(5):
+            producer.produce(topic, b"reading", b"line")
+        producer.flush(30)
+        config = {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"{topic_prefix}quiet-group",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+        first = Consumer(config)
+        first.subscribe([topic])
+        read: list[Any] = []
+        wait_for(
+            lambda: read.extend(first.consume(10, 0.5)) or len(read) >= 5,
+            timeout=60,
+            what="the 5 records read",
+        )
+        first.commit(asynchronous=False)
+        first.close()
+
+        starts: dict[tuple[str, int], int] = {}
+        consumer = Consumer(config)
+        consumer.subscribe(
+            [topic], on_assign=lambda c, tps: starts.update(committed_starts(c, tps))
+        )
+        key = (topic, 0)
+        try:
+            wait_for(
+                lambda: (
+                    not consumer.consume(10, 0.2)
+                    and consumer.get_watermark_offsets(TopicPartition(topic, 0), cached=True)[1]
+                    == 5
+                ),
+                timeout=60,
+                what="assignment and a fetch of the caught-up partition",
+            )
+            assert starts == {key: 5}
+            assert consumer.position([TopicPartition(topic, 0)])[0].offset < 0  # librdkafka
+            assert lagging(consumer, key, {}) is True  # what the runtime concluded before
+            assert lagging(consumer, key, starts) is False
+            producer.produce(topic, b"reading", b"line")
+            producer.flush(30)
+            # fetched in the background, not yet read: behind
+            wait_for(
+                lambda: (
+                    consumer.get_watermark_offsets(TopicPartition(topic, 0), cached=True)[1] == 6
+                ),
+                timeout=60,
+                what="the new record fetched",
+                interval=0.1,
+            )
+            assert lagging(consumer, key, starts) is True
+        finally:
+            consumer.close()
+            admin.delete_topics([topic])
+
+    def test_an_empty_input_of_a_new_group_is_not_behind(
+        self, kafka_bootstrap: str, topic_prefix: str
+    ) -> None:
+        """No committed offset and nothing written: the log start is its end, nothing to await."""
+        topic = f"{topic_prefix}empty"
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": f"{topic_prefix}empty-group",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        starts: dict[tuple[str, int], int] = {}
+        consumer.subscribe(
+            [topic], on_assign=lambda c, tps: starts.update(committed_starts(c, tps))
+        )
+        try:
+            wait_for(
+                lambda: (
+                    not consumer.consume(10, 0.2)
+                    and consumer.get_watermark_offsets(TopicPartition(topic, 0), cached=True)[1]
+                    == 0
+                ),
+                timeout=60,
+                what="assignment and a fetch of the empty partition",
+            )
+            assert starts == {}
+            assert lagging(consumer, (topic, 0), starts) is False
+        finally:
+            consumer.close()
+            admin.delete_topics([topic])
